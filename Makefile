@@ -1,0 +1,37 @@
+# Each target creates (or reuses) the virtual environment it needs.
+PYTHON ?= $(shell command -v python3.12 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= workdir/demo
+DATA_DIR ?= $(HOME)/tensorflow_datasets
+
+.PHONY: demo test lint tfds-test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), "fgmask_jax needs Python >= 3.12, got " + sys.version'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m fgmask_jax.build_data --dataset=synthetic_masked_faces --data_dir=$(DATA_DIR)
+	$(PY) -m fgmask_jax.preview --dataset=synthetic_masked_faces --data_dir=$(DATA_DIR) --out=$(WORKDIR)/preview.png
+
+test: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+# TFDS's own builder harness needs TensorFlow: it runs in a second environment so
+# that the main suite keeps proving nothing else does.
+$(VENV)-tf/.installed: pyproject.toml
+	test -x $(VENV)-tf/bin/python || $(PYTHON) -m venv $(VENV)-tf
+	$(VENV)-tf/bin/python -m pip install -q --upgrade pip
+	$(VENV)-tf/bin/python -m pip install -q -e '.[test]' tensorflow-cpu dill
+	touch $@
+
+tfds-test: $(VENV)-tf/.installed
+	$(VENV)-tf/bin/python -m pytest -q tfds_builder
+
+clean:
+	rm -rf $(VENV) $(VENV)-tf build *.egg-info

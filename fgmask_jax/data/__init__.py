@@ -1,0 +1,1 @@
+"""Datasets, labels, splits and the input pipeline."""

@@ -1,0 +1,91 @@
+"""The label vocabulary of FGNET-MASK and the file-name convention that carries it.
+
+File names look like ``001A02_01_01 (2).jpg``: person ``001``, age ``02`` years,
+gender ``01`` (male, anything else female), expression ``01`` (happy), ``02``
+(neutral), anything else (unhappy). `` (k)`` marks another copy (another mask) of
+one photo. Ages are binned as the authors' code does: ``<=10``, ``11-20``,
+``21-40``, ``>40`` (age 10 falls in the first group).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+AGE_GROUPS = ("<=10", "11-20", "21-40", ">40")
+GENDERS = ("male", "female")
+EXPRESSIONS = ("happy", "neutral", "unhappy")
+
+# Task name -> class names, in label-index order. The three tasks of the study.
+TASKS: dict[str, tuple[str, ...]] = {
+    "age_group": AGE_GROUPS,
+    "gender": GENDERS,
+    "expression": EXPRESSIONS,
+}
+
+# Class counts of FGNET-MASK (3,404 images), from the study's README.
+FGNET_MASK_COUNTS: dict[str, tuple[int, ...]] = {
+    "age_group": (1400, 1010, 720, 274),
+    "gender": (2000, 1404),
+    "expression": (1800, 950, 654),
+}
+
+_NAME = re.compile(
+    r"^(?P<subject>\d+)[Aa](?P<age>\d+)[a-zA-Z]?_(?P<gender>\d+)_(?P<expression>\d+)"
+    r"(?:\s*\((?P<copy>\d+)\))?$"
+)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+@dataclasses.dataclass(frozen=True)
+class Labels:
+    """The labels carried by one FGNET-MASK file name."""
+
+    subject_id: int
+    age: int
+    gender: int  # index into GENDERS
+    expression: int  # index into EXPRESSIONS
+
+    @property
+    def age_group(self) -> int:
+        return age_group(self.age)
+
+
+def age_group(age: int) -> int:
+    """Index into AGE_GROUPS for an age in years (10 -> 0, 11 -> 1, 40 -> 2, 41 -> 3)."""
+    if age < 0:
+        raise ValueError(f"age must be >= 0, got {age}")
+    if age <= 10:
+        return 0
+    if age <= 20:
+        return 1
+    if age <= 40:
+        return 2
+    return 3
+
+
+def parse_filename(name: str) -> Labels:
+    """Labels of ``NNNAxx_GG_EE[ (k)].ext`` (any case of extension, no folder).
+
+    Raises:
+      ValueError: naming the file and the expected pattern.
+    """
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or "." + suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(
+            f"{name!r}: not an image name (expected one of {', '.join(IMAGE_SUFFIXES)})"
+        )
+    match = _NAME.match(stem.strip())
+    if match is None:
+        raise ValueError(
+            f"{name!r}: does not follow the FGNET-MASK naming 'NNNAxx_GG_EE[ (k)].jpg' "
+            "(person, 'A', age, gender 01=male, expression 01=happy 02=neutral)"
+        )
+    gender = 0 if match["gender"] == "01" else 1
+    expression = {"01": 0, "02": 1}.get(match["expression"], 2)
+    return Labels(
+        subject_id=int(match["subject"]),
+        age=int(match["age"]),
+        gender=gender,
+        expression=expression,
+    )

@@ -1,0 +1,57 @@
+"""The two protocols' splits: the study's random image split and a subject-disjoint one.
+
+Both are pure functions of the examples' keys and a seed, so a builder, a
+pipeline and a test all get the same split.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+TEST_FRACTION = 0.25
+SEED = 42  # the study's random_state
+
+
+def study_split(
+    n: int, seed: int = SEED, test_fraction: float = TEST_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random image split, as scikit-learn's train_test_split sizes it (ceil for test).
+
+    Returns sorted int64 indices (train, test) into range(n).
+    """
+    n_test = math.ceil(test_fraction * n)
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def subject_split(
+    subject_ids: Sequence[int] | np.ndarray,
+    seed: int = SEED,
+    test_fraction: float = TEST_FRACTION,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Subject-disjoint split: a random ``test_fraction`` of persons goes to test.
+
+    Returns sorted int64 indices (train, test) into ``subject_ids``; no person is
+    on both sides.
+    """
+    subject_ids = np.asarray(subject_ids)
+    persons = np.unique(subject_ids)
+    n_test = math.ceil(test_fraction * len(persons))
+    test_persons = np.random.default_rng(seed).permutation(persons)[:n_test]
+    in_test = np.isin(subject_ids, test_persons)
+    return np.flatnonzero(~in_test), np.flatnonzero(in_test)
+
+
+def person_folds(subject_ids: Sequence[int] | np.ndarray, n_folds: int, seed: int = SEED):
+    """Leave-persons-out folds: yields (train, test) index arrays, each person tested once.
+
+    ``n_folds`` equal to the number of persons is leave-one-person-out.
+    """
+    subject_ids = np.asarray(subject_ids)
+    persons = np.random.default_rng(seed).permutation(np.unique(subject_ids))
+    for fold in np.array_split(persons, n_folds):
+        in_test = np.isin(subject_ids, fold)
+        yield np.flatnonzero(~in_test), np.flatnonzero(in_test)
