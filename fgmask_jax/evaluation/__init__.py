@@ -1,1 +1,1 @@
-"""evaluation."""
+"""Metrics, protocols, reports."""
