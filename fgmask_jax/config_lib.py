@@ -8,6 +8,8 @@ error that lists the valid ones.
 
 from __future__ import annotations
 
+import importlib.util
+
 import ml_collections
 
 from fgmask_jax.data import labels as labels_lib
@@ -132,3 +134,25 @@ def neural_config(arg: str | None, *, tasks: tuple[str, ...], model: str = "resn
     else:
         c.runlocal = False
     return c
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    """The config of ``path/to/config.py[:variants]``, as ``--config=`` loads it."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_fgmask_config", path)
+    if module_spec is None:
+        raise FileNotFoundError(f"config file {path!r} not found")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Dotted names of every field, e.g. ['augment.flip', ..., 'seed']."""
+    keys = []
+    for key, value in sorted(config.items()):
+        if isinstance(value, ml_collections.ConfigDict):
+            keys += leaf_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(prefix + key)
+    return keys

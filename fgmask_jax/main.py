@@ -1,0 +1,57 @@
+"""Trains and evaluates one method: ``python -m fgmask_jax.main --config=... --workdir=...``.
+
+This file is intentionally kept short: the work happens in `train`.
+
+Example:
+  python -m fgmask_jax.main --config=configs/multitask.py:data=synthetic,runlocal \
+      --workdir=/tmp/fgmask/multitask
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the report go.")
+flags.mark_flags_as_required(["workdir"])
+config_flags.DEFINE_config_file(
+    "config", None, "A config file in configs/, with variants after a colon.", lock_config=True
+)
+flags.mark_flags_as_required(["config"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, but an unknown ``--config.KEY`` names the keys the config has."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError):
+        from fgmask_jax import config_lib
+
+        spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+        if spec is None:
+            raise
+        keys = config_lib.leaf_keys(config_lib.load(spec))
+        given = [a[len("--config."):].split("=")[0] for a in argv if a.startswith("--config.")]
+        unknown = [k for k in given if k not in keys]
+        if not unknown:
+            raise
+        raise SystemExit(
+            f"Unknown config key {unknown[0]!r} (--config.{unknown[0]}). "
+            f"Valid keys: {', '.join(keys)}"
+        ) from None
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    import jax  # after flag parsing: grain workers need parsed flags
+
+    from fgmask_jax import build_data, train
+
+    logging.info("JAX process %d of %d; devices: %s", jax.process_index(),
+                 jax.process_count(), jax.devices())
+    config = flags.FLAGS.config
+    build_data.build(config.dataset, train.data_dir(config), config.manual_dir or None)
+    train.train_and_evaluate(config, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
