@@ -1,1 +1,133 @@
-"""models."""
+"""Models: trunks (ResNet, the study's CNN, VGG-16) joined to one head per task.
+
+    model = create_model("resnet152", {"age_group": 4, "gender": 2, "expression": 3})
+    variables = model.init({"params": key, "dropout": key}, x, train=False)  # x: float[B, H, W, 3]
+    logits = model.apply(variables, x, train=False)  # {task: float32[B, classes]}
+    fc7 = model.apply(variables, x, method="features")  # top trunk features, float32[B, D]
+
+Parameters are {"trunk": ..., "heads": {task: ...}}; ResNets add "batch_stats".
+"""
+
+from collections.abc import Callable, Mapping
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from fgmask_jax.models.cnn import SmallCNN
+from fgmask_jax.models.heads import MultiTaskModel, TaskHead, TaskHeads
+from fgmask_jax.models.layers import Conv, conv_as_matmul
+from fgmask_jax.models.resnet import (
+    ResNet,
+    ResNet18,
+    ResNet34,
+    ResNet50,
+    ResNet101,
+    ResNet152,
+    ResNetTiny,
+)
+from fgmask_jax.models.vgg import VGG16
+
+_TRUNKS: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": ResNet18,
+    "resnet34": ResNet34,
+    "resnet50": ResNet50,
+    "resnet101": ResNet101,
+    "resnet152": ResNet152,
+    "cnn": SmallCNN,
+    "vgg16": VGG16,
+    "resnet_tiny": ResNetTiny,
+}
+MODELS: tuple[str, ...] = tuple(_TRUNKS)
+# Levels of the study's CNN that a head may read (conv1..conv3).
+CNN_LEVELS = (1, 2, 3)
+
+__all__ = [
+    "CNN_LEVELS",
+    "MODELS",
+    "Conv",
+    "MultiTaskModel",
+    "ResNet",
+    "SmallCNN",
+    "TaskHead",
+    "TaskHeads",
+    "VGG16",
+    "conv_as_matmul",
+    "create_model",
+    "create_trunk",
+]
+
+
+def create_trunk(name: str, *, dtype: jnp.dtype = jnp.float32) -> nn.Module:
+    """The feature extractor alone: images float[B, H, W, 3] -> features.
+
+    ResNets give float[B, D] (D = 512 for 18/34, 2048 for 50+, 8 for resnet_tiny),
+    "vgg16" its fc7 float[B, 4096], "cnn" its three levels (float[B, 10],
+    float[B, 20], float[B, 30]). Call with `train=`; ResNets keep "batch_stats".
+
+    Raises:
+      ValueError: `name` is not one of MODELS.
+    """
+    if name not in _TRUNKS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return _TRUNKS[name](dtype=dtype)
+
+
+def create_model(
+    name: str,
+    tasks: Mapping[str, int],
+    *,
+    dtype: jnp.dtype = jnp.float32,
+    head_hidden: int = 0,
+    head_depths: Mapping[str, int] | None = None,
+    dropout: float = 0.0,
+) -> MultiTaskModel:
+    """A trunk with one classification head per task.
+
+    Args:
+      name: one of MODELS.
+      tasks: task name -> number of classes, e.g. {"age_group": 4, "gender": 2,
+        "expression": 3}; one task makes the single-task model.
+      dtype: computation dtype (bfloat16 on accelerators); parameters stay
+        float32 and logits come out float32.
+      head_hidden: > 0: each head is Dense(head_hidden) + ReLU (+ dropout) +
+        Dense(classes); 0: one Dense.
+      head_depths: only for "cnn": task -> conv level 1..3 its head reads (the
+        study: {"age_group": 3, "gender": 2, "expression": 1}); None: all read conv3.
+      dropout: dropout rate after each head's hidden layer.
+
+    Returns:
+      A module whose apply(variables, x: float[B, H, W, 3], train=...) gives
+      {task: float32[B, classes]}.
+
+    Raises:
+      ValueError: an unknown model name, no tasks, a task with fewer than one
+        class, or head_depths that are not levels 1..3 of known tasks on "cnn".
+    """
+    trunk = create_trunk(name, dtype=dtype)
+    if not tasks:
+        raise ValueError("tasks is empty; give at least one task name -> number of classes")
+    for task, num_classes in tasks.items():
+        if int(num_classes) < 1:
+            raise ValueError(f"task {task!r} has {num_classes} classes; it needs at least one")
+    if head_hidden < 0:
+        raise ValueError(f"head_hidden must be >= 0, got {head_hidden}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    head_levels = ()
+    if head_depths:
+        if name != "cnn":
+            raise ValueError(f"head_depths applies only to model 'cnn', not {name!r}")
+        for task, level in head_depths.items():
+            if task not in tasks:
+                raise ValueError(f"head_depths names task {task!r}, not in tasks {list(tasks)}")
+            if level not in CNN_LEVELS:
+                raise ValueError(f"head_depths[{task!r}] = {level}; levels are {CNN_LEVELS}")
+        head_levels = tuple((task, int(level)) for task, level in head_depths.items())
+    return MultiTaskModel(
+        trunk=trunk,
+        tasks=tuple((task, int(n)) for task, n in tasks.items()),
+        head_hidden=head_hidden,
+        dropout=dropout,
+        head_levels=head_levels,
+        dtype=dtype,
+    )

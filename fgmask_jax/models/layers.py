@@ -1,0 +1,229 @@
+"""Convolution and max-pool that stay fast on XLA:CPU.
+
+XLA:CPU's native convolution runs a 3x3 conv on a map of a few pixels at about
+3 GFLOP/s: one 512-channel conv on ResNet's 2x2 last-stage maps (64 px input,
+batch 32) takes about 500 ms forward and backward. The same conv written as
+"gather the 3x3 neighbourhoods, then one matrix product" takes about 10 ms,
+while on maps of 8x8 and larger the native conv wins. `Conv` picks per call,
+from static shapes, so one model runs each of its convs the fast way.
+`max_pool` does the same for pooling, whose native gradient is slow on CPU.
+"""
+
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Padding = str | Sequence[tuple[int, int]]
+
+# Output maps with at most this many pixels go through patches + matmul: 4x4 and
+# smaller. Measured on 2-core CPUs: native wins from 8x8 up.
+SMALL_MAP_PIXELS = 16
+
+
+def conv_output_size(
+    size: Sequence[int], kernel_size: Sequence[int], strides: Sequence[int], padding: Padding
+) -> tuple[int, ...]:
+    """Spatial output size of a conv.
+
+    Args:
+      size: input spatial size (H, W).
+      kernel_size: (kh, kw).
+      strides: (sh, sw).
+      padding: "SAME", "VALID" or ((top, bottom), (left, right)).
+
+    Returns:
+      (out_h, out_w), as lax.conv_general_dilated computes it.
+    """
+    pads = _explicit_padding(size, kernel_size, strides, padding)
+    return tuple(
+        (n + lo + hi - k) // s + 1
+        for n, k, s, (lo, hi) in zip(size, kernel_size, strides, pads, strict=True)
+    )
+
+
+def _explicit_padding(
+    size: Sequence[int], kernel_size: Sequence[int], strides: Sequence[int], padding: Padding
+) -> tuple[tuple[int, int], ...]:
+    if isinstance(padding, str):
+        return tuple(lax.padtype_to_pads(tuple(size), tuple(kernel_size), tuple(strides), padding))
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def conv_as_matmul(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int],
+    padding: Padding,
+    precision: lax.PrecisionLike = None,
+) -> jax.Array:
+    """A 2-D convolution computed as patch extraction followed by one matrix product.
+
+    Equal to `lax.conv_general_dilated(x, kernel, strides, padding, NHWC/HWIO/NHWC)`.
+    The patches are strided slices of the padded input, one per kernel tap: their
+    gradient is a pad-and-add, which on CPU is 2-3x faster than the gradient of
+    `lax.conv_general_dilated_patches` (itself a grouped conv).
+
+    Args:
+      x: float[B, H, W, C_in].
+      kernel: float[kh, kw, C_in, C_out] (HWIO, as flax.linen.Conv stores it).
+      strides: (sh, sw).
+      padding: "SAME", "VALID" or ((top, bottom), (left, right)).
+      precision: precision of the matrix product.
+
+    Returns:
+      float[B, out_h, out_w, C_out].
+    """
+    kh, kw, c_in, c_out = kernel.shape
+    sh, sw = strides
+    pads = _explicit_padding(x.shape[1:3], (kh, kw), strides, padding)
+    out_h, out_w = conv_output_size(x.shape[1:3], (kh, kw), strides, pads)
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    taps = [
+        x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    # Channels ordered (kh, kw, C_in), the row-major order of the HWIO kernel.
+    patches = jnp.concatenate(taps, axis=-1)
+    return jnp.dot(patches, kernel.reshape(kh * kw * c_in, c_out), precision=precision)
+
+
+class Conv(nn.Module):
+    """2-D convolution with the parameters and defaults of `flax.linen.Conv`.
+
+    Parameters are "kernel" float[kh, kw, C_in, features] (HWIO) and, with
+    `use_bias`, "bias" float[features], initialised as nn.Conv does, so variables
+    move between the two unchanged. Convs whose kernel is larger than 1x1 and
+    whose output map has at most `small_map_pixels` pixels run as
+    `conv_as_matmul`; all others run XLA's native convolution.
+
+    Attributes:
+      features: output channels.
+      kernel_size: (kh, kw).
+      strides: (sh, sw).
+      padding: "SAME", "VALID" or ((top, bottom), (left, right)).
+      use_bias: add a learned bias.
+      dtype: computation dtype (None: from the inputs and parameters).
+      param_dtype: parameter dtype.
+      precision: precision of the conv or matrix product.
+      kernel_init, bias_init: initialisers.
+      small_map_pixels: largest output map (out_h * out_w) computed as patches +
+        matmul; 0 keeps the native conv everywhere.
+    """
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: Sequence[int] = (1, 1)
+    padding: Padding = "SAME"
+    use_bias: bool = True
+    dtype: jnp.dtype | None = None
+    param_dtype: jnp.dtype = jnp.float32
+    precision: lax.PrecisionLike = None
+    kernel_init: Callable = nn.linear.default_kernel_init
+    bias_init: Callable = nn.initializers.zeros_init()
+    small_map_pixels: int = SMALL_MAP_PIXELS
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Applies the conv: float[B, H, W, C_in] -> float[B, out_h, out_w, features]."""
+        kernel_size = tuple(self.kernel_size)
+        strides = tuple(self.strides)
+        kernel = self.param(
+            "kernel",
+            self.kernel_init,
+            (*kernel_size, x.shape[-1], self.features),
+            self.param_dtype,
+        )
+        bias = (
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        padding = self.padding if isinstance(self.padding, str) else tuple(self.padding)
+        out_h, out_w = conv_output_size(x.shape[1:3], kernel_size, strides, padding)
+        if kernel_size != (1, 1) and out_h * out_w <= self.small_map_pixels:
+            y = conv_as_matmul(x, kernel, strides, padding, self.precision)
+        else:
+            y = lax.conv_general_dilated(
+                x,
+                kernel,
+                window_strides=strides,
+                padding=padding,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                precision=self.precision,
+            )
+        if bias is not None:
+            y = y + bias
+        return y
+
+
+def _pool_taps(
+    x: jax.Array, window: tuple[int, int], strides: tuple[int, int], padding: Padding
+) -> list[jax.Array]:
+    """The kh * kw strided views of the -inf-padded input, in row-major window order."""
+    pads = _explicit_padding(x.shape[1:3], window, strides, padding)
+    out_h, out_w = conv_output_size(x.shape[1:3], window, strides, pads)
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+    sh, sw = strides
+    return [
+        x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
+        for i in range(window[0])
+        for j in range(window[1])
+    ]
+
+
+def max_pool(
+    x: jax.Array,
+    window: tuple[int, int],
+    strides: tuple[int, int],
+    padding: Padding = "VALID",
+) -> jax.Array:
+    """Max-pool float[B, H, W, C] -> float[B, out_h, out_w, C], equal to `nn.max_pool`.
+
+    Written as an elementwise maximum over strided views, with a gradient that
+    goes, like XLA's select-and-scatter, to the first maximum of each window in
+    row-major order. On XLA:CPU its gradient is about 6x faster than
+    `nn.max_pool`'s (3x3/2 pool of 32x32x64 maps, batch 32).
+
+    Args:
+      x: float[B, H, W, C].
+      window: (kh, kw).
+      strides: (sh, sw).
+      padding: "SAME", "VALID" or ((top, bottom), (left, right)); pads are -inf.
+    """
+    if not isinstance(padding, str):
+        padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    return _max_pool(x, tuple(window), tuple(strides), padding)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, strides, padding):
+    return _max_pool_fwd(x, window, strides, padding)[0]
+
+
+def _max_pool_fwd(x, window, strides, padding):
+    taps = _pool_taps(x, window, strides, padding)
+    out = taps[0]
+    for tap in taps[1:]:
+        out = jnp.maximum(out, tap)
+    return out, (x, out)
+
+
+def _max_pool_bwd(window, strides, padding, residuals, grad):
+    x, out = residuals
+    taps, taps_vjp = jax.vjp(lambda x: _pool_taps(x, window, strides, padding), x)
+    taken = jnp.zeros(out.shape, bool)
+    tap_grads = []
+    for tap in taps:
+        first = (tap == out) & ~taken
+        taken = taken | first
+        tap_grads.append(jnp.where(first, grad, jnp.zeros_like(grad)))
+    return taps_vjp(tap_grads)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
