@@ -1,0 +1,457 @@
+"""Training and evaluation of the neural methods: state, pure steps, the loop, resume.
+
+Data parallelism is one `jax.jit` over a device mesh ``('data',)``: the batch is
+sharded along ``data``, the state replicated, and XLA all-reduces the gradients.
+That is what ``pmap`` did, in its current form; it spans every device of every
+host unchanged, and BatchNorm sees the global batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from fgmask_jax import checkpointing, models
+from fgmask_jax.data import labels as labels_lib
+from fgmask_jax.data import pipeline, splits
+from fgmask_jax.evaluation import metrics as metrics_lib
+from fgmask_jax.evaluation import report as report_lib
+from fgmask_jax.evaluation.writers import MetricWriter
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes: one pytree."""
+
+    step: jax.Array
+    params: Any  # {"model": model params, "log_vars": {task: scalar}}
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+# --- set-up -----------------------------------------------------------------------------
+
+
+def compute_dtype(config) -> jnp.dtype:
+    if config.dtype == "auto":
+        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    return jnp.dtype(config.dtype)
+
+
+def num_classes(config) -> dict[str, int]:
+    return {t: len(labels_lib.TASKS[t]) for t in config.tasks}
+
+
+def make_model(config):
+    return models.create_model(
+        config.model,
+        num_classes(config),
+        dtype=compute_dtype(config),
+        head_hidden=config.head_hidden,
+        head_depths=dict(config.head_depths) if config.head_depths else None,
+        dropout=config.dropout,
+    )
+
+
+def make_optimizer(config, steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
+    """optax from config: linear warmup + cosine decay; SGD+momentum or AdamW; clipping."""
+    peak = config.learning_rate * config.batch_size / 256
+    warmup = min(int(config.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, peak, warmup_steps=max(warmup, 1) if warmup else 0, decay_steps=max(total_steps, 1)
+    )
+    if config.optimizer == "sgd":
+        opt = optax.chain(
+            optax.add_decayed_weights(config.weight_decay),
+            optax.sgd(schedule, momentum=config.momentum, nesterov=True),
+        )
+    elif config.optimizer == "adamw":
+        opt = optax.adamw(schedule, weight_decay=config.weight_decay)
+    else:
+        raise ValueError(f"config.optimizer={config.optimizer!r}: use 'sgd' or 'adamw'")
+    if config.clip_norm > 0:
+        opt = optax.chain(optax.clip_by_global_norm(config.clip_norm), opt)
+    return opt, schedule
+
+
+def init_state(model, tx, config, rng: jax.Array) -> TrainState:
+    params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
+    x = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+    variables = model.init({"params": params_rng, "dropout": dropout_rng}, x, train=False)
+    params = {
+        "model": variables["params"],
+        "log_vars": {t: jnp.zeros((), jnp.float32) for t in config.tasks},
+    }
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        rng=state_rng,
+    )
+
+
+# --- steps ------------------------------------------------------------------------------
+
+
+def _variables(params, batch_stats):
+    v = {"params": params["model"]}
+    if batch_stats:
+        v["batch_stats"] = batch_stats
+    return v
+
+
+def task_losses(logits: dict, batch: dict, label_smoothing: float = 0.0) -> dict[str, jax.Array]:
+    """Per-example cross-entropy of each task: {task: float32[B]}."""
+    out = {}
+    for task, z in logits.items():
+        labels = optax.smooth_labels(jax.nn.one_hot(batch[task], z.shape[-1]), label_smoothing)
+        out[task] = optax.softmax_cross_entropy(z.astype(jnp.float32), labels)
+    return out
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, config) -> tuple[TrainState, dict]:
+    """One optimiser step on a global batch; returns the new state and scalar metrics."""
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    aug_rng, dropout_rng = jax.random.split(step_rng)
+    images = pipeline.augment(aug_rng, batch["image"], **config.augment)
+    x = pipeline.normalize(images, compute_dtype(config))
+
+    def loss_fn(params):
+        logits, updates = model.apply(
+            _variables(params, state.batch_stats), x, train=True,
+            mutable=["batch_stats"], rngs={"dropout": dropout_rng},
+        )
+        per_task = {t: v.mean() for t, v in task_losses(logits, batch, config.label_smoothing).items()}
+        total = 0.0
+        for t, value in per_task.items():
+            w = config.loss_weights[t]
+            if config.uncertainty_weighting:
+                s = params["log_vars"][t]  # log sigma^2 (Kendall et al., 2018)
+                total = total + w * (jnp.exp(-s) * value + 0.5 * s)
+            else:
+                total = total + w * value
+        accuracy = {t: (z.argmax(-1) == batch[t]).mean() for t, z in logits.items()}
+        return total, (per_task, accuracy, updates.get("batch_stats", {}))
+
+    (loss, (per_task, accuracy, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
+    scalars = {
+        "loss": loss,
+        "l2_grads": optax.tree.norm(grads["model"]),
+        "l2_params": optax.tree.norm(params["model"]),
+        **{f"loss_{t}": v for t, v in per_task.items()},
+        **{f"accuracy_{t}": v for t, v in accuracy.items()},
+    }
+    return new_state, scalars
+
+
+def eval_step(state: TrainState, batch: dict, *, model, config) -> dict:
+    """Per-example predictions, losses and labels of a global batch: {pred_t, loss_t, label_t, mask}."""
+    x = pipeline.normalize(batch["image"], compute_dtype(config))
+    logits = model.apply(_variables(state.params, state.batch_stats), x, train=False)
+    losses = task_losses(logits, batch)
+    out = {f"pred_{t}": z.argmax(-1).astype(jnp.int32) for t, z in logits.items()}
+    out.update({f"loss_{t}": v for t, v in losses.items()})
+    out.update({f"label_{t}": batch[t] for t in logits})
+    out["mask"] = batch["mask"]
+    return out
+
+
+class Steps:
+    """The jitted steps of one run over one mesh, and the shardings they use."""
+
+    def __init__(self, model, tx, config, mesh: jax.sharding.Mesh):
+        self.mesh = mesh
+        self.replicated = NamedSharding(mesh, P())
+        self.data = NamedSharding(mesh, P("data"))
+        self.train = jax.jit(
+            functools.partial(train_step, model=model, tx=tx, config=config),
+            in_shardings=(self.replicated, self.data),
+            out_shardings=(self.replicated, self.replicated),
+            donate_argnums=0,
+        )
+        self.eval = jax.jit(
+            functools.partial(eval_step, model=model, config=config),
+            in_shardings=(self.replicated, self.data),
+            out_shardings=self.data,
+        )
+        self.init = jax.jit(
+            functools.partial(init_state, model, tx, config), out_shardings=self.replicated
+        )
+        # Whole-dataset mode: the batch is gathered from the replicated dataset on device.
+        self.gather = jax.jit(
+            lambda data, index: jax.tree.map(lambda a: a[index], data),
+            in_shardings=(self.replicated, self.data),
+            out_shardings=self.data,
+        )
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D mesh ``('data',)`` over ``devices`` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else devices
+    return jax.sharding.Mesh(np.asarray(devices), ("data",))
+
+
+# --- evaluation -------------------------------------------------------------------------
+
+
+def evaluate(steps: Steps, state: TrainState, source, indices, config) -> dict[str, dict]:
+    """Exact metrics over ``source[indices]``: {task: summary (see metrics.summarize) + loss}."""
+    batches = pipeline.eval_batches(
+        source, indices, global_batch=config.batch_size, image_size=config.image_size
+    )
+    outs = []
+    for batch in pipeline.iterate(batches, workers=config.workers):
+        out = steps.eval(state, pipeline.to_global(batch, steps.data))
+        outs.append(jax.device_get(multihost_utils.process_allgather(out, tiled=True)))
+    out = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    mask = out["mask"]
+    results = {}
+    for t in config.tasks:
+        y, pred = out[f"label_{t}"][mask], out[f"pred_{t}"][mask]
+        results[t] = metrics_lib.summarize(y, pred, len(labels_lib.TASKS[t]))
+        results[t]["loss"] = float(out[f"loss_{t}"][mask].mean())
+    return results
+
+
+def _selection_score(results: dict[str, dict], metric: str) -> float:
+    """Higher is better: minus the mean task loss, or the mean task accuracy."""
+    if metric == "loss":
+        return -float(np.mean([r["loss"] for r in results.values()]))
+    if metric == "accuracy":
+        return float(np.mean([r["accuracy"] for r in results.values()]))
+    raise ValueError(f"config.early_stopping_metric={metric!r}: use 'loss' or 'accuracy'")
+
+
+def _flat(results: dict[str, dict], prefix: str) -> dict[str, float]:
+    return {
+        f"{prefix}/{k}_{t}": r[k]
+        for t, r in results.items()
+        for k in ("loss", "accuracy", "balanced_accuracy", "macro_f1")
+    }
+
+
+# --- the run ----------------------------------------------------------------------------
+
+
+def data_dir(config) -> str:
+    return config.data_dir or os.environ.get(
+        "TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets")
+    )
+
+
+def split_names(protocol: str) -> tuple[str, str]:
+    return {"study": ("train", "test"), "subject": ("subject_train", "subject_test")}[protocol]
+
+
+def fit_val_indices(labels: dict[str, np.ndarray], config) -> tuple[np.ndarray, np.ndarray]:
+    """The training split carved into fit and validation, by person under protocol=subject."""
+    if config.protocol == "subject":
+        return splits.subject_split(labels["subject_id"], config.seed, config.val_fraction)
+    return splits.study_split(len(labels["subject_id"]), config.seed, config.val_fraction)
+
+
+def _restore_init_from(path: str, state: TrainState) -> TrainState:
+    """Takes the model weights of another run whose names and shapes match; keeps the rest."""
+    directory = os.path.join(path, "checkpoints") if os.path.isdir(
+        os.path.join(path, "checkpoints")) else path
+    ckpt = checkpointing.Checkpointer(directory, max_to_keep=None)
+    if ckpt.latest_step() is None:
+        raise FileNotFoundError(f"config.init_from={path!r} holds no checkpoint")
+    other, _ = ckpt.restore(ckpt.latest_step(), None)
+    ckpt.close()
+
+    def merge(mine, theirs, what):
+        flat_mine = flax.traverse_util.flatten_dict(flax.core.unfreeze(mine))
+        flat_theirs = flax.traverse_util.flatten_dict(theirs or {})
+        taken = 0
+        for key, value in flat_mine.items():
+            other_value = flat_theirs.get(key)
+            if other_value is not None and np.shape(other_value) == value.shape:
+                flat_mine[key] = jax.device_put(
+                    np.asarray(other_value, value.dtype), value.sharding
+                )
+                taken += 1
+        logging.info("init_from %s: took %d of %d %s arrays", path, taken, len(flat_mine), what)
+        return flax.traverse_util.unflatten_dict(flat_mine)
+
+    return state.replace(
+        params={**state.params, "model": merge(state.params["model"],
+                                               other["params"]["model"], "param")},
+        batch_stats=merge(state.batch_stats, other.get("batch_stats"), "batch_stats"),
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict:
+    """Trains, early-stops on the validation subset, then reports on the test split.
+
+    Resumes from ``workdir``'s latest good checkpoint if there is one, else
+    starts from ``config.init_from`` if set, else from scratch. Returns
+    {"test": {task: summary}, "val": {...}, "steps": int}.
+    """
+    mesh = mesh or make_mesh()
+    is_main = jax.process_index() == 0
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    if config.get("runlocal"):
+        logging.info("runlocal: a shrunk run for a laptop CPU (image_size=%d, %s epochs)",
+                     config.image_size, config.num_epochs)
+
+    train_name, test_name = split_names(config.protocol)
+    train_source = pipeline.open_split(config.dataset, train_name, data_dir(config))
+    test_source = pipeline.open_split(config.dataset, test_name, data_dir(config))
+    fit, val = fit_val_indices(pipeline.read_labels(train_source), config)
+    steps_per_epoch = len(fit) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(fit)} training examples make no batch of batch_size={config.batch_size}"
+        )
+    total_steps = config.num_train_steps or int(math.ceil(config.num_epochs * steps_per_epoch))
+    eval_every = config.eval_every_steps or steps_per_epoch
+    ckpt_every = config.checkpoint_every_steps or steps_per_epoch
+    logging.info("%s/%s: %d fit, %d val, %d test examples; %d steps of %d on %d devices",
+                 config.dataset, config.protocol, len(fit), len(val), len(test_source),
+                 total_steps, config.batch_size, mesh.size)
+
+    model = make_model(config)
+    tx, schedule = make_optimizer(config, steps_per_epoch, total_steps)
+    steps = Steps(model, tx, config, mesh)
+    writer = MetricWriter(workdir)
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                      config.keep_checkpoints)
+    best_ckpt = checkpointing.Checkpointer(os.path.join(workdir, "best"), 1)
+
+    state = steps.init(jax.random.key(config.seed))
+    meta = {"step": 0, "best_score": None, "best_step": None, "bad_evals": 0}
+    restored = ckpt.restore_latest(checkpointing.abstract_like(state))
+    if restored is not None:
+        state, meta = restored
+        logging.info("Resumed from %s at step %d", ckpt.directory, meta["step"])
+    elif config.init_from:
+        state = _restore_init_from(config.init_from, state)
+
+    start = int(meta["step"])
+    if config.data_on_device:
+        train_data = pipeline.load_all(train_source, fit, config.image_size, config.workers)
+        train_data = jax.device_put(train_data, steps.replicated)
+        order = pipeline.batch_order(np.arange(len(fit)), global_batch=config.batch_size,
+                                     seed=config.seed)
+        batches = (steps.gather(train_data, jax.make_array_from_process_local_data(
+            steps.data, ix)) for ix in pipeline.iterate(order, start))
+    else:
+        host = pipeline.train_batches(train_source, fit, global_batch=config.batch_size,
+                                      image_size=config.image_size, seed=config.seed)
+        batches = (pipeline.to_global(b, steps.data)
+                   for b in pipeline.iterate(host, start, config.workers))
+
+    stopped_early = False
+    pending = None  # (step, metrics) of the step before: checked one step late, to keep
+    t0, n0 = time.perf_counter(), start  # the device busy while the host waits
+    for step in range(start + 1, total_steps + 1):
+        state, scalars = steps.train(state, next(batches))
+        if pending is not None:
+            _check_finite(*pending, ckpt)
+        pending = (step, scalars)
+        if step % config.log_every_steps == 0 or step == total_steps:
+            _check_finite(*pending, ckpt)
+            values = jax.device_get(scalars)
+            dt = time.perf_counter() - t0
+            rate = (step - n0) * config.batch_size / max(dt, 1e-9)
+            eta = (total_steps - step) * config.batch_size / max(rate, 1e-9)
+            logging.info("step %d/%d loss %.4f  %.1f img/s  ETA %.0fs", step, total_steps,
+                         values["loss"], rate, eta)
+            writer.write(step, {**{f"train/{k}": v for k, v in values.items()},
+                                "train/learning_rate": schedule(step - 1),
+                                "train/images_per_second": rate})
+            t0, n0 = time.perf_counter(), step
+        if step % eval_every == 0 or step == total_steps:
+            _check_finite(*pending, ckpt)
+            results = evaluate(steps, state, train_source, val, config)
+            writer.write(step, _flat(results, "val"))
+            score = _selection_score(results, config.early_stopping_metric)
+            if meta["best_score"] is None or score > meta["best_score"]:
+                meta.update(best_score=score, best_step=step, bad_evals=0)
+                best_ckpt.save(step, state, {**meta, "step": step})
+            else:
+                meta["bad_evals"] += 1
+            logging.info("step %d validation %s (best %.4f at step %s)", step,
+                         {t: round(r["accuracy"], 4) for t, r in results.items()},
+                         meta["best_score"], meta["best_step"])
+            patience = config.early_stopping_patience
+            if patience and meta["bad_evals"] >= patience:
+                logging.info("Early stop at step %d: no better validation %s for %d evaluations",
+                             step, config.early_stopping_metric, patience)
+                stopped_early = True
+        if step % ckpt_every == 0 or step == total_steps or stopped_early:
+            _check_finite(*pending, ckpt)
+            meta["step"] = step
+            ckpt.save(step, state, meta)
+        if stopped_early:
+            break
+    ckpt.close()
+    best_ckpt.wait()
+
+    # The test split is read once, by the best model on the validation subset.
+    if best_ckpt.latest_step() is not None:
+        state, _ = best_ckpt.restore(best_ckpt.latest_step(), checkpointing.abstract_like(state))
+    best_ckpt.close()
+    sections = {
+        "test": evaluate(steps, state, test_source, np.arange(len(test_source)), config),
+        "validation": evaluate(steps, state, train_source, val, config),
+    }
+    writer.write(int(meta["step"]), _flat(sections["test"], "test"))
+    writer.close()
+    if is_main:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump({"best_step": meta["best_step"], "steps": int(meta["step"]), **sections},
+                      f, indent=1)
+        report_lib.write_report(
+            workdir,
+            f"{config.model} on {config.dataset}, protocol={config.protocol}",
+            sections,
+            notes=[
+                f"tasks: {', '.join(config.tasks)}; image size {config.image_size}; "
+                f"batch {config.batch_size} on {mesh.size} devices",
+                f"trained {meta['step']} steps; best validation at step {meta['best_step']} "
+                f"({config.early_stopping_metric}); the test split was read once, by that model",
+                "majority rate: the accuracy of always answering the most frequent true class",
+            ],
+        )
+    return {"steps": int(meta["step"]), "best_step": meta["best_step"], **sections}
+
+
+def _check_finite(step: int, scalars: dict, ckpt: checkpointing.Checkpointer) -> None:
+    """Stops the run if step ``step`` produced a non-finite loss or parameters."""
+    loss, l2_params = (float(v) for v in jax.device_get((scalars["loss"], scalars["l2_params"])))
+    if not (math.isfinite(loss) and math.isfinite(l2_params)):
+        ckpt.wait()
+        raise FloatingPointError(
+            f"non-finite loss ({loss}) at step {step}; the last good checkpoint is step "
+            f"{ckpt.latest_step()} in {ckpt.directory}. Lower config.learning_rate or set "
+            "config.clip_norm, then rerun the same command to resume from it."
+        )
