@@ -1,0 +1,25 @@
+"""Face masks rendered from 68 landmarks (iBUG-68 order, as in FG-NET's .pts files).
+
+The command that masks a folder of photos is ``python -m fgmask_jax.masks.apply``; it is
+not imported here, so that importing this package defines no command-line flags.
+"""
+
+from fgmask_jax.masks.pts import read_pts
+from fgmask_jax.masks.render import (
+    CLOTH_PATTERNS,
+    MASK_COLORS,
+    MASK_KINDS,
+    LandmarkError,
+    mask_color,
+    render_mask,
+)
+
+__all__ = [
+    "CLOTH_PATTERNS",
+    "MASK_COLORS",
+    "MASK_KINDS",
+    "LandmarkError",
+    "mask_color",
+    "read_pts",
+    "render_mask",
+]
