@@ -39,18 +39,31 @@ def parse_flags(argv: list[str]) -> list[str]:
         ) from None
 
 
+def _quiet_libraries(record) -> bool:
+    """Keeps the libraries' INFO chatter (Orbax, TFDS, ArrayRecord) out of the run's log."""
+    noisy = ("/orbax/", "/tensorflow_datasets/", "/array_record/", "/grain/")
+    return record.levelno > logging.INFO or not any(n in record.pathname for n in noisy)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    logging.get_absl_logger().addFilter(_quiet_libraries)
     import jax  # after flag parsing: grain workers need parsed flags
 
-    from fgmask_jax import build_data, train
+    from fgmask_jax import baselines, build_data, train
+    from fgmask_jax.data import pipeline
 
     logging.info("JAX process %d of %d; devices: %s", jax.process_index(),
                  jax.process_count(), jax.devices())
     config = flags.FLAGS.config
-    build_data.build(config.dataset, train.data_dir(config), config.manual_dir or None)
-    train.train_and_evaluate(config, flags.FLAGS.workdir)
+    build_data.build(config.dataset, pipeline.data_dir(config), config.manual_dir or None)
+    if config.get("method") in baselines.METHODS:  # a classical method
+        from fgmask_jax.baselines import run
+
+        run.run_and_evaluate(config, flags.FLAGS.workdir)
+    else:
+        train.train_and_evaluate(config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":

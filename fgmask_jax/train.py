@@ -138,7 +138,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx, config) -> tuple[Tr
             _variables(params, state.batch_stats), x, train=True,
             mutable=["batch_stats"], rngs={"dropout": dropout_rng},
         )
-        per_task = {t: v.mean() for t, v in task_losses(logits, batch, config.label_smoothing).items()}
+        losses = task_losses(logits, batch, config.label_smoothing)
+        per_task = {t: v.mean() for t, v in losses.items()}
         total = 0.0
         for t, value in per_task.items():
             w = config.loss_weights[t]
@@ -169,7 +170,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, config) -> tuple[Tr
 
 
 def eval_step(state: TrainState, batch: dict, *, model, config) -> dict:
-    """Per-example predictions, losses and labels of a global batch: {pred_t, loss_t, label_t, mask}."""
+    """Per-example outputs of a global batch: {pred_t, loss_t, label_t: [B], mask: bool[B]}."""
     x = pipeline.normalize(batch["image"], compute_dtype(config))
     logits = model.apply(_variables(state.params, state.batch_stats), x, train=False)
     losses = task_losses(logits, batch)
@@ -257,16 +258,6 @@ def _flat(results: dict[str, dict], prefix: str) -> dict[str, float]:
 # --- the run ----------------------------------------------------------------------------
 
 
-def data_dir(config) -> str:
-    return config.data_dir or os.environ.get(
-        "TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets")
-    )
-
-
-def split_names(protocol: str) -> tuple[str, str]:
-    return {"study": ("train", "test"), "subject": ("subject_train", "subject_test")}[protocol]
-
-
 def fit_val_indices(labels: dict[str, np.ndarray], config) -> tuple[np.ndarray, np.ndarray]:
     """The training split carved into fit and validation, by person under protocol=subject."""
     if config.protocol == "subject":
@@ -322,9 +313,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
         logging.info("runlocal: a shrunk run for a laptop CPU (image_size=%d, %s epochs)",
                      config.image_size, config.num_epochs)
 
-    train_name, test_name = split_names(config.protocol)
-    train_source = pipeline.open_split(config.dataset, train_name, data_dir(config))
-    test_source = pipeline.open_split(config.dataset, test_name, data_dir(config))
+    train_name, test_name = pipeline.split_names(config.protocol)
+    train_source = pipeline.open_split(config.dataset, train_name, pipeline.data_dir(config))
+    test_source = pipeline.open_split(config.dataset, test_name, pipeline.data_dir(config))
     fit, val = fit_val_indices(pipeline.read_labels(train_source), config)
     steps_per_epoch = len(fit) // config.batch_size
     if steps_per_epoch == 0:

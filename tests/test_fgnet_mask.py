@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from fgmask_jax.tfds_builder.fgnet_mask import fgnet_mask_dataset_builder as fgnet_mask
 from PIL import Image
 
 from fgmask_jax.data import labels, splits
+from fgmask_jax.tfds_builder.fgnet_mask import fgnet_mask_dataset_builder as fgnet_mask
 
 # (member path, height, width, kind): kind is the PIL mode and format it is saved in.
 IMAGES = [

@@ -40,9 +40,10 @@ def format_table(results: dict[str, dict]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for task, r in results.items():
+        loss = r.get("loss", float("nan"))
         lines.append(
             f"| {task} | {r['n']} | {r['accuracy']:.1%} | {r['majority_rate']:.1%} | "
-            f"{r['balanced_accuracy']:.1%} | {r['macro_f1']:.3f} | {r.get('loss', float('nan')):.3f} |"
+            f"{r['balanced_accuracy']:.1%} | {r['macro_f1']:.3f} | {loss:.3f} |"
         )
     return "\n".join(lines)
 

@@ -6,6 +6,7 @@ of drawn images lies (see dummy_data/README.md).
 
 import tensorflow_datasets as tfds
 from etils import epath
+
 from fgmask_jax.tfds_builder.fgnet_mask import fgnet_mask_dataset_builder
 
 

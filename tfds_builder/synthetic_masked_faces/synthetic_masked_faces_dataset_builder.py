@@ -15,11 +15,11 @@ from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
 from etils import epath
-from fgmask_jax.tfds_builder.fgnet_mask import fgnet_mask_dataset_builder as fgnet_mask
 from PIL import Image
 from tqdm import tqdm
 
 from fgmask_jax.data import synthetic
+from fgmask_jax.tfds_builder.fgnet_mask import fgnet_mask_dataset_builder as fgnet_mask
 
 HOMEPAGE = "https://doi.org/10.3390/jimaging7100204"  # the study whose data set this mimics
 # Below this many images a worker pool costs more to start than it saves.

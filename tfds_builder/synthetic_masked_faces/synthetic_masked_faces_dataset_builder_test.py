@@ -6,6 +6,7 @@ about a minute and is built by `python -m fgmask_jax.build_data`.
 
 import tensorflow_datasets as tfds
 from etils import epath
+
 from fgmask_jax.tfds_builder.synthetic_masked_faces import (
     synthetic_masked_faces_dataset_builder,
 )

@@ -1,0 +1,243 @@
+"""The input pipeline: grain over ``tfds.data_source``, one chain per split.
+
+Host side (grain, numpy, PIL): read the encoded image, decode, square it and
+resize it, batch. Batches carry ``uint8`` images (4x less to move than float32);
+augmentation and normalisation run on the device, inside the jitted step
+(`augment`, `normalize`), so that the host only decodes.
+
+Aspect ratio: an image is centre-cropped to a square on its shorter side, then
+resized to ``image_size`` x ``image_size`` (area-averaging when shrinking), so
+faces are never stretched.
+
+Every process reads its own contiguous slice of every global batch, so the
+global batch that ``jax.make_array_from_process_local_data`` assembles is the
+same for any number of processes, and the batch at step ``t`` depends only on
+``(seed, t)``: that is the iterator state a checkpoint keeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import os
+from collections.abc import Iterator, Sequence
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from fgmask_jax.data import labels as labels_lib
+
+LABEL_KEYS = ("age", "subject_id", *labels_lib.TASKS)
+# Per-channel statistics used for normalisation (ImageNet's, in [0, 1] units).
+MEAN_RGB = (0.485, 0.456, 0.406)
+STDDEV_RGB = (0.229, 0.224, 0.225)
+
+
+def data_dir(config) -> str:
+    """config.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+    return config.get("data_dir") or os.environ.get(
+        "TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets")
+    )
+
+
+def split_names(protocol: str) -> tuple[str, str]:
+    """(train, test) split names of a protocol: study or subject."""
+    return {"study": ("train", "test"), "subject": ("subject_train", "subject_test")}[protocol]
+
+
+def open_split(dataset: str, split: str, data_dir: str | None):
+    """``tfds.data_source`` over one split, images left encoded (decoded in `decode_image`)."""
+    return tfds.data_source(
+        dataset,
+        split=split,
+        data_dir=data_dir,
+        download=False,
+        decoders={"image": tfds.decode.SkipDecoding()},
+    )
+
+
+def read_labels(source) -> dict[str, np.ndarray]:
+    """Every example's labels (not images) as int32 arrays: {key: int32[N]}."""
+    records = source.__getitems__(list(range(len(source))))
+    return {k: np.asarray([r[k] for r in records], np.int32) for k in LABEL_KEYS}
+
+
+def decode_image(data: bytes, image_size: int) -> np.ndarray:
+    """Encoded image -> uint8[image_size, image_size, 3]: centre square crop, then resize."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.draft("RGB", (image_size, image_size))  # JPEG: decode at a reduced scale when large
+        img = img.convert("RGB")
+        w, h = img.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.resize(
+            (image_size, image_size),
+            Image.Resampling.BILINEAR,
+            box=(left, top, left + side, top + side),
+            reducing_gap=2.0,
+        )
+        return np.asarray(img, np.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LoadBatch:
+    """Reads and decodes a batch of example indices: {image: uint8[B,S,S,3], label: int32[B]...}."""
+
+    source: Sequence
+    image_size: int
+
+    def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        valid = indices >= 0  # -1 pads the last evaluation batch
+        records = self.source.__getitems__([int(i) for i in np.where(valid, indices, 0)])
+        batch = {
+            "image": np.stack([decode_image(r["image"], self.image_size) for r in records]),
+            **{k: np.asarray([r[k] for r in records], np.int32) for k in LABEL_KEYS},
+        }
+        batch["mask"] = valid
+        return batch
+
+
+def _local_rows(global_batch: int) -> slice:
+    """This process's rows of a global batch."""
+    count, index = jax.process_count(), jax.process_index()
+    if global_batch % count:
+        raise ValueError(
+            f"batch_size {global_batch} does not divide among {count} processes: "
+            "choose a multiple of the process count"
+        )
+    local = global_batch // count
+    return slice(index * local, (index + 1) * local)
+
+
+def batch_order(indices: np.ndarray, *, global_batch: int, seed: int) -> grain.MapDataset:
+    """Infinite training order: item ``t`` is this process's int64[local_batch] part of batch ``t``.
+
+    Each epoch is a fresh permutation of ``indices`` cut into
+    ``len(indices) // global_batch`` batches (the remainder is dropped).
+    """
+    if len(indices) < global_batch:
+        raise ValueError(
+            f"the training split has {len(indices)} examples, fewer than batch_size "
+            f"{global_batch}: lower config.batch_size"
+        )
+    rows = _local_rows(global_batch)
+    return (
+        grain.MapDataset.source(np.asarray(indices))
+        .seed(seed)
+        .shuffle()
+        .batch(global_batch, drop_remainder=True, batch_fn=lambda xs: np.asarray(xs)[rows])
+        .repeat()
+    )
+
+
+def train_batches(
+    source, indices: np.ndarray, *, global_batch: int, image_size: int, seed: int
+) -> grain.MapDataset:
+    """Infinite training batches over ``source[indices]`` in `batch_order`, decoded."""
+    order = batch_order(indices, global_batch=global_batch, seed=seed)
+    return order.map(_LoadBatch(source, image_size))
+
+
+def eval_batches(
+    source, indices: np.ndarray, *, global_batch: int, image_size: int
+) -> grain.MapDataset:
+    """Every example of ``source[indices]`` exactly once, in order, in padded batches.
+
+    The last batch is padded with masked rows (``batch['mask']`` False), so every
+    process runs the same number of steps and no example is counted twice.
+    """
+    rows = _local_rows(global_batch)
+    n_batches = max(1, math.ceil(len(indices) / global_batch))
+    padded = np.full(n_batches * global_batch, -1, np.int64)
+    padded[: len(indices)] = indices
+    return (
+        grain.MapDataset.source(padded.reshape(n_batches, global_batch)[:, rows])
+        .map(_LoadBatch(source, image_size))
+    )
+
+
+def iterate(
+    dataset: grain.MapDataset, start: int = 0, workers: int = 0
+) -> Iterator[dict[str, np.ndarray]]:
+    """Host batches from item ``start`` on; ``workers`` > 0 decodes in that many processes."""
+    ds = dataset.slice(slice(start, None)) if start else dataset
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+    if workers > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return iter(it)
+
+
+def to_global(batch: dict[str, np.ndarray], sharding: jax.sharding.NamedSharding) -> dict:
+    """Process-local numpy batch -> global jax.Arrays sharded along the batch."""
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        for k, v in batch.items()
+    }
+
+
+def load_all(source, indices: np.ndarray, image_size: int, workers: int = 0) -> dict:
+    """All of ``source[indices]``, decoded, in memory on this process (whole-dataset mode)."""
+    chunks = np.array_split(np.asarray(indices), max(1, math.ceil(len(indices) / 256)))
+    ds = grain.MapDataset.source(chunks).map(_LoadBatch(source, image_size))
+    loaded = list(iterate(ds, workers=workers))
+    batch = {k: np.concatenate([c[k] for c in loaded]) for k in loaded[0]}
+    del batch["mask"]
+    return batch
+
+
+def normalize(images: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """uint8[B, H, W, 3] -> dtype[B, H, W, 3], standardised per channel."""
+    x = images.astype(jnp.float32) / 255.0
+    x = (x - jnp.asarray(MEAN_RGB)) / jnp.asarray(STDDEV_RGB)
+    return x.astype(dtype)
+
+
+def augment(
+    rng: jax.Array,
+    images: jax.Array,
+    *,
+    flip: bool = True,
+    min_scale: float = 0.85,
+    color_jitter: float = 0.2,
+) -> jax.Array:
+    """Random flip, scale-crop and colour jitter: uint8[B, H, W, 3] -> float32 in [0, 255].
+
+    Scale-crop zooms into a random square of side ``s * H``, ``s ~ U(min_scale, 1)``,
+    at a random position; colour jitter scales brightness, contrast and
+    saturation by factors in ``1 +- color_jitter``. Runs on the device, per example.
+    """
+    b, h, w, _ = images.shape
+    k_flip, k_scale, k_pos, k_bright, k_contrast, k_sat = jax.random.split(rng, 6)
+    x = images.astype(jnp.float32)
+    if flip:
+        do_flip = jax.random.bernoulli(k_flip, 0.5, (b, 1, 1, 1))
+        x = jnp.where(do_flip, x[:, :, ::-1], x)
+    if min_scale < 1.0:
+        scale = jax.random.uniform(k_scale, (b,), minval=min_scale, maxval=1.0)
+        offset = jax.random.uniform(k_pos, (b, 2)) * (1.0 - scale)[:, None]
+
+        def crop(img, s, off):
+            # Output pixel p samples input at off*size + p*s: zoom by 1/s.
+            return jax.image.scale_and_translate(
+                img, (h, w, 3), (0, 1), jnp.array([1 / s, 1 / s]),
+                -off * jnp.array([h, w]) / s, method="linear",
+            )
+
+        x = jax.vmap(crop)(x, scale, offset)
+    if color_jitter > 0:
+        def factor(key):
+            return jax.random.uniform(
+                key, (b, 1, 1, 1), minval=1 - color_jitter, maxval=1 + color_jitter
+            )
+
+        x = x * factor(k_bright)
+        mean = x.mean(axis=(1, 2, 3), keepdims=True)
+        x = (x - mean) * factor(k_contrast) + mean
+        gray = x.mean(axis=-1, keepdims=True)
+        x = (x - gray) * factor(k_sat) + gray
+    return jnp.clip(x, 0.0, 255.0)
