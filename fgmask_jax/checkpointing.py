@@ -4,17 +4,21 @@ A checkpoint holds the train state (a pytree of jax.Arrays) and a small JSON
 ``meta`` dict: the data-iterator position and the early-stopping record. Orbax
 writes each step into a temporary folder and renames it when complete, so a
 save cut short is never listed; a listed checkpoint whose files were damaged
-afterwards fails to restore, and `restore_latest` then falls back to the one
-before it, with a warning. Every process calls every method (multi-host).
+afterwards fails to restore, and `restore_latest` then moves it aside (renamed
+``<step>.damaged-<time>``, kept for inspection) and falls back to the one before
+it, with a warning. Every process calls every method (multi-host).
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
 
 
 class Checkpointer:
@@ -66,9 +70,11 @@ class Checkpointer:
                 return self.restore(step, abstract_state)
             except Exception as e:  # noqa: BLE001 - any damage must fall back, not stop
                 path = os.path.join(self.directory, str(step))
-                logging.warning("Checkpoint %s does not restore (%s); trying the one before.",
-                                path, e)
-                failures.append(f"{path}: {type(e).__name__}: {e}")
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                failures.append(f"{path}: {reason}")
+                aside = self._set_aside(step)
+                logging.warning("Checkpoint %s does not restore (%s); moved it to %s and "
+                                "trying the one before.", path, reason, aside)
         if failures:
             raise RuntimeError(
                 "No checkpoint in {} restores:\n  {}\nMove the folder away to start over.".format(
@@ -76,6 +82,16 @@ class Checkpointer:
                 )
             )
         return None
+
+    def _set_aside(self, step: int) -> str:
+        """Renames a damaged step folder so that it is kept but never listed again."""
+        path = epath.Path(self.directory) / str(step)
+        aside = path.parent / f"{step}.damaged-{int(time.time())}"
+        if jax.process_index() == 0:
+            path.rename(aside)
+        multihost_utils.sync_global_devices(f"set_aside_{step}")
+        self._manager.reload()
+        return str(aside)
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

@@ -363,47 +363,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
     stopped_early = False
     pending = None  # (step, metrics) of the step before: checked one step late, to keep
     t0, n0 = time.perf_counter(), start  # the device busy while the host waits
-    for step in range(start + 1, total_steps + 1):
-        state, scalars = steps.train(state, next(batches))
-        if pending is not None:
-            _check_finite(*pending, ckpt)
-        pending = (step, scalars)
-        if step % config.log_every_steps == 0 or step == total_steps:
-            _check_finite(*pending, ckpt)
-            values = jax.device_get(scalars)
-            dt = time.perf_counter() - t0
-            rate = (step - n0) * config.batch_size / max(dt, 1e-9)
-            eta = (total_steps - step) * config.batch_size / max(rate, 1e-9)
-            logging.info("step %d/%d loss %.4f  %.1f img/s  ETA %.0fs", step, total_steps,
-                         values["loss"], rate, eta)
-            writer.write(step, {**{f"train/{k}": v for k, v in values.items()},
-                                "train/learning_rate": schedule(step - 1),
-                                "train/images_per_second": rate})
-            t0, n0 = time.perf_counter(), step
-        if step % eval_every == 0 or step == total_steps:
-            _check_finite(*pending, ckpt)
-            results = evaluate(steps, state, train_source, val, config)
-            writer.write(step, _flat(results, "val"))
-            score = _selection_score(results, config.early_stopping_metric)
-            if meta["best_score"] is None or score > meta["best_score"]:
-                meta.update(best_score=score, best_step=step, bad_evals=0)
-                best_ckpt.save(step, state, {**meta, "step": step})
-            else:
-                meta["bad_evals"] += 1
-            logging.info("step %d validation %s (best %.4f at step %s)", step,
-                         {t: round(r["accuracy"], 4) for t, r in results.items()},
-                         meta["best_score"], meta["best_step"])
-            patience = config.early_stopping_patience
-            if patience and meta["bad_evals"] >= patience:
-                logging.info("Early stop at step %d: no better validation %s for %d evaluations",
-                             step, config.early_stopping_metric, patience)
-                stopped_early = True
-        if step % ckpt_every == 0 or step == total_steps or stopped_early:
-            _check_finite(*pending, ckpt)
-            meta["step"] = step
-            ckpt.save(step, state, meta)
-        if stopped_early:
-            break
+    try:
+        for step in range(start + 1, total_steps + 1):
+            state, scalars = steps.train(state, next(batches))
+            if pending is not None:
+                _check_finite(*pending, ckpt)
+            pending = (step, scalars)
+            if step % config.log_every_steps == 0 or step == total_steps:
+                _check_finite(*pending, ckpt)
+                values = jax.device_get(scalars)
+                dt = time.perf_counter() - t0
+                rate = (step - n0) * config.batch_size / max(dt, 1e-9)
+                eta = (total_steps - step) * config.batch_size / max(rate, 1e-9)
+                logging.info("step %d/%d loss %.4f  %.1f img/s  ETA %.0fs", step, total_steps,
+                             values["loss"], rate, eta)
+                writer.write(step, {**{f"train/{k}": v for k, v in values.items()},
+                                    "train/learning_rate": schedule(step - 1),
+                                    "train/images_per_second": rate})
+                t0, n0 = time.perf_counter(), step
+            if step % eval_every == 0 or step == total_steps:
+                _check_finite(*pending, ckpt)
+                results = evaluate(steps, state, train_source, val, config)
+                writer.write(step, _flat(results, "val"))
+                score = _selection_score(results, config.early_stopping_metric)
+                if meta["best_score"] is None or score > meta["best_score"]:
+                    meta.update(best_score=score, best_step=step, bad_evals=0)
+                    best_ckpt.save(step, state, {**meta, "step": step})
+                else:
+                    meta["bad_evals"] += 1
+                logging.info("step %d validation %s (best %.4f at step %s)", step,
+                             {t: round(r["accuracy"], 4) for t, r in results.items()},
+                             meta["best_score"], meta["best_step"])
+                patience = config.early_stopping_patience
+                if patience and meta["bad_evals"] >= patience:
+                    logging.info("Early stop at step %d: no better validation %s in %d evaluations",
+                                 step, config.early_stopping_metric, patience)
+                    stopped_early = True
+            if step % ckpt_every == 0 or step == total_steps or stopped_early:
+                _check_finite(*pending, ckpt)
+                meta["step"] = step
+                ckpt.save(step, state, meta)
+            if stopped_early:
+                break
+    except BaseException:
+        writer.close()
+        raise
+    finally:  # an interrupted run still completes the saves it started
+        ckpt.wait()
+        best_ckpt.wait()
     ckpt.close()
     best_ckpt.wait()
 

@@ -12,7 +12,7 @@ from jax import lax
 from skimage.feature import local_binary_pattern
 from sklearn.decomposition import PCA as SkPCA
 
-from fgmask_jax import build_data, config_lib, models
+from fgmask_jax import config_lib, models
 from fgmask_jax.baselines import classifiers, eigenface, lbp, run, tiny_image, vgg_face
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
@@ -259,12 +259,9 @@ def test_vgg_face_config_without_weights_is_the_neural_vgg16():
 # --- end to end ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    """The 60-image synthetic dataset, built once for this module."""
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    build_data.build("synthetic_masked_faces/small", data_dir)
-    return data_dir
+@pytest.fixture
+def small_data(small_data_dir):
+    return small_data_dir
 
 
 @pytest.mark.parametrize("spec", [

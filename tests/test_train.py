@@ -1,0 +1,137 @@
+"""The whole run, end to end on the 60-image synthetic set: report, resume, failures."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from fgmask_jax import checkpointing, config_lib, train
+
+TASKS = ("age_group", "gender", "expression")
+
+
+def tiny_config(data_dir, **overrides):
+    c = config_lib.neural_config("data=synthetic,model=resnet_tiny,size=32", tasks=TASKS)
+    c.dataset = "synthetic_masked_faces/small"
+    c.data_dir = data_dir
+    c.batch_size = 8
+    c.num_train_steps = 6
+    c.eval_every_steps = 3
+    c.checkpoint_every_steps = 3
+    c.warmup_epochs = 0.0
+    c.log_every_steps = 2
+    c.update(overrides)
+    return c
+
+
+def _numpy(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    return np.asarray(x)
+
+
+def final_state(workdir):
+    """(step, state as numpy, meta) of the run's newest checkpoint."""
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+    step = ckpt.latest_step()
+    state, meta = ckpt.restore(step, None)
+    ckpt.close()
+    return step, jax.tree.map(_numpy, state), meta
+
+
+def test_train_and_evaluate_writes_metrics_checkpoints_and_report(small_data_dir, tmp_path):
+    results = train.train_and_evaluate(tiny_config(small_data_dir), str(tmp_path))
+
+    assert results["steps"] == 6
+    test = results["test"]
+    assert set(test) == set(TASKS)
+    assert sum(test["gender"]["confusion"][0]) + sum(test["gender"]["confusion"][1]) == 15
+    for r in test.values():
+        assert r["n"] == 15 and 0 <= r["accuracy"] <= 1 and np.isfinite(r["loss"])
+    names = set(os.listdir(tmp_path))
+    assert {"config.json", "metrics.jsonl", "report.md", "results.json", "tensorboard"} <= names
+    assert {f"confusion_test_{t}.png" for t in TASKS} <= names
+    assert os.listdir(tmp_path / "tensorboard")
+    assert json.loads((tmp_path / "config.json").read_text())["model"] == "resnet_tiny"
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "train/loss" in x] == [2, 4, 6]
+    assert [x["step"] for x in lines if "val/accuracy_gender" in x] == [3, 6]
+    assert any("test/macro_f1_expression" in x for x in lines)
+    report = (tmp_path / "report.md").read_text()
+    assert "| gender | 15 |" in report and "majority rate" in report
+    assert final_state(tmp_path)[0] == 6
+
+
+class _Preempted(Exception):
+    pass
+
+
+def test_resumed_run_ends_where_an_uninterrupted_one_does(small_data_dir, tmp_path,
+                                                          monkeypatch):
+    config = tiny_config(small_data_dir)
+    train.train_and_evaluate(config, str(tmp_path / "whole"))
+
+    # The same run, preempted while computing step 5 (after the checkpoint at step 3).
+    real_steps = train.Steps
+
+    class PreemptedSteps(real_steps):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            real_train, calls = self.train, []
+
+            def train_step(state, batch):
+                calls.append(1)
+                if len(calls) == 5:
+                    raise _Preempted
+                return real_train(state, batch)
+
+            self.train = train_step
+
+    monkeypatch.setattr(train, "Steps", PreemptedSteps)
+    with pytest.raises(_Preempted):
+        train.train_and_evaluate(config, str(tmp_path / "split"))
+    monkeypatch.setattr(train, "Steps", real_steps)
+    assert final_state(tmp_path / "split")[0] == 3
+    resumed = train.train_and_evaluate(config, str(tmp_path / "split"))
+
+    step_a, state_a, meta_a = final_state(tmp_path / "whole")
+    step_b, state_b, meta_b = final_state(tmp_path / "split")
+    assert step_a == step_b == 6 and meta_a == meta_b
+    jax.tree.map(np.testing.assert_array_equal, state_a, state_b)  # bitwise
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert resumed["test"]["age_group"]["accuracy"] == whole["test"]["age_group"]["accuracy"]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_data_dir, tmp_path):
+    train.train_and_evaluate(tiny_config(small_data_dir, num_train_steps=3), str(tmp_path))
+    bad = tiny_config(small_data_dir, num_train_steps=6)
+    bad.loss_weights["gender"] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"at step 4; the last good checkpoint is step 3"):
+        train.train_and_evaluate(bad, str(tmp_path))
+    step, state, _ = final_state(tmp_path)
+    assert step == 3
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_one_before(small_data_dir, tmp_path,
+                                                                caplog):
+    config = tiny_config(small_data_dir)
+    train.train_and_evaluate(config, str(tmp_path))
+    state_dir = tmp_path / "checkpoints" / "6" / "state"
+    for root, _, files in os.walk(state_dir):
+        for name in files:
+            if not name.startswith("_"):  # keep metadata, damage the array data
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"\0garbage")
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
+    abstract = checkpointing.abstract_like(ckpt.restore(3, None)[0])
+    with caplog.at_level("WARNING"):
+        restored, meta = ckpt.restore_latest(abstract)
+    ckpt.close()
+    assert meta["step"] == 3
+    assert "checkpoints/6 does not restore" in caplog.text
+    assert any(n.startswith("6.damaged-") for n in os.listdir(tmp_path / "checkpoints"))
+    # Rerunning the same command resumes from step 3 and finishes again.
+    assert train.train_and_evaluate(config, str(tmp_path))["steps"] == 6
