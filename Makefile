@@ -14,9 +14,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# Builds the synthetic data if missing, trains the multi-task ResNet (runlocal), writes a
+# preview of the data beside the report, and prints the per-task test metrics.
 demo: $(VENV)/.installed
-	$(PY) -m fgmask_jax.build_data --dataset=synthetic_masked_faces --data_dir=$(DATA_DIR)
-	$(PY) -m fgmask_jax.preview --dataset=synthetic_masked_faces --data_dir=$(DATA_DIR) --out=$(WORKDIR)/preview.png
+	$(PY) -m fgmask_jax.main --config=configs/multitask.py:data=synthetic,runlocal \
+		--config.data_dir=$(DATA_DIR) --workdir=$(WORKDIR)
+	$(PY) -m fgmask_jax.preview --dataset=synthetic_masked_faces --data_dir=$(DATA_DIR) \
+		--out=$(WORKDIR)/preview.png
+	@sed -n '/^## test/,/^!/p' $(WORKDIR)/report.md | grep '^|'
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .

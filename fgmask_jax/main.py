@@ -7,6 +7,8 @@ Example:
       --workdir=/tmp/fgmask/multitask
 """
 
+import logging as std_logging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -42,7 +44,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def _quiet_libraries(record) -> bool:
     """Keeps the libraries' INFO chatter (Orbax, TFDS, ArrayRecord) out of the run's log."""
     noisy = ("/orbax/", "/tensorflow_datasets/", "/array_record/", "/grain/")
-    return record.levelno > logging.INFO or not any(n in record.pathname for n in noisy)
+    return record.levelno > std_logging.INFO or not any(n in record.pathname for n in noisy)
 
 
 def main(argv):

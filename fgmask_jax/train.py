@@ -424,6 +424,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
     }
     writer.write(int(meta["step"]), _flat(sections["test"], "test"))
     writer.close()
+    logging.info("Test metrics (%s split, best validation model):\n%s", test_name,
+                 report_lib.format_table(sections["test"]))
     if is_main:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump({"best_step": meta["best_step"], "steps": int(meta["step"]), **sections},
