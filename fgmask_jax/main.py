@@ -12,6 +12,8 @@ import logging as std_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from fgmask_jax import distributed  # also defines --coordinator_address, --num_processes, ...
+
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the report go.")
 flags.mark_flags_as_required(["workdir"])
 config_flags.DEFINE_config_file(
@@ -51,15 +53,26 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_logger().addFilter(_quiet_libraries)
+    try:
+        distributed.maybe_initialize()  # joins a cluster job; before any JAX computation
+    except (ValueError, distributed.ClusterJoinError) as e:
+        raise SystemExit(f"fgmask_jax.main: {e}") from None
     import jax  # after flag parsing: grain workers need parsed flags
+    from jax.experimental import multihost_utils
 
     from fgmask_jax import baselines, build_data, train
     from fgmask_jax.data import pipeline
 
-    logging.info("JAX process %d of %d; devices: %s", jax.process_index(),
-                 jax.process_count(), jax.devices())
     config = flags.FLAGS.config
-    build_data.build(config.dataset, pipeline.data_dir(config), config.manual_dir or None)
+    # Process 0 builds a missing dataset while the others wait: on shared storage they
+    # then find it built; on a disk of their own (TPU VM workers) they build their copy.
+    if jax.process_index() == 0:
+        build_data.build(config.dataset, pipeline.data_dir(config), config.manual_dir or None)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("fgmask_jax: dataset built")
+        if jax.process_index() != 0:
+            build_data.build(config.dataset, pipeline.data_dir(config),
+                             config.manual_dir or None)
     if config.get("method") in baselines.METHODS:  # a classical method
         from fgmask_jax.baselines import run
 

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -306,8 +307,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
     mesh = mesh or make_mesh()
     is_main = jax.process_index() == 0
     if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        with (epath.Path(workdir) / "config.json").open("w") as f:
             f.write(config.to_json_best_effort(indent=2))
     if config.get("runlocal"):
         logging.info("runlocal: a shrunk run for a laptop CPU (image_size=%d, %s epochs)",
@@ -427,7 +428,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
     logging.info("Test metrics (%s split, best validation model):\n%s", test_name,
                  report_lib.format_table(sections["test"]))
     if is_main:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
+        with (epath.Path(workdir) / "results.json").open("w") as f:
             json.dump({"best_step": meta["best_step"], "steps": int(meta["step"]), **sections},
                       f, indent=1)
         report_lib.write_report(

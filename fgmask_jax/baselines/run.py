@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from fgmask_jax.baselines import classifiers, eigenface, lbp, tiny_image, vgg_face
 from fgmask_jax.data import labels as labels_lib
@@ -125,8 +126,8 @@ def run_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     is_main = jax.process_index() == 0
     if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        with (epath.Path(workdir) / "config.json").open("w") as f:
             f.write(config.to_json_best_effort(indent=2))
     if config.get("runlocal"):
         logging.info("runlocal: a shrunk run for a laptop CPU (image_size=%d)", config.image_size)
@@ -193,7 +194,7 @@ def _most_chosen(selection: list[dict]) -> str:
 
 
 def _write(config, workdir: str, results: dict, selection: dict, num_folds: int) -> None:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
+    with (epath.Path(workdir) / "results.json").open("w") as f:
         json.dump({"test": results, "selection": selection, "folds": num_folds}, f, indent=1)
     writer = MetricWriter(workdir)
     writer.write(0, {f"test/{k}_{t}": r[k] for t, r in results.items()

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from etils import epath  # noqa: E402
 
 from fgmask_jax.data import labels as labels_lib  # noqa: E402
 
@@ -29,7 +30,8 @@ def plot_confusion(cm: np.ndarray, class_names, title: str, path: str) -> None:
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with epath.Path(path).open("wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -54,7 +56,7 @@ def write_report(workdir: str, title: str, sections: dict[str, dict[str, dict]],
 
     sections: split name -> task -> summary (metrics.summarize, plus 'loss').
     """
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     parts = [f"# {title}", "", *[f"- {n}" for n in notes], ""]
     for split, results in sections.items():
         parts += [f"## {split}", "", format_table(results), ""]
@@ -65,6 +67,6 @@ def write_report(workdir: str, title: str, sections: dict[str, dict[str, dict]],
             parts.append(f"![{split} {task}]({name})")
         parts.append("")
     path = os.path.join(workdir, "report.md")
-    with open(path, "w") as f:
+    with epath.Path(path).open("w") as f:
         f.write("\n".join(parts))
     return path

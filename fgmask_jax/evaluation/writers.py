@@ -6,6 +6,7 @@ import json
 import os
 
 import jax
+from etils import epath
 from tensorboardX import SummaryWriter
 
 
@@ -15,8 +16,9 @@ class MetricWriter:
     def __init__(self, workdir: str):
         self.active = jax.process_index() == 0
         if self.active:
-            os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+            epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+            # Append: a resumed run continues the same file.
+            self._jsonl = (epath.Path(workdir) / "metrics.jsonl").open("a")
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:

@@ -1,0 +1,385 @@
+"""Joins a multi-process JAX cluster when the run is one; a plain run stays alone.
+
+Check a cluster before a long job (every process prints its devices and an all-reduce):
+  srun python -m fgmask_jax.distributed                     # SLURM
+  launch/local.sh --module fgmask_jax.distributed 2 4       # 2 local processes
+
+`maybe_initialize` (called by ``main`` right after flag parsing, before any JAX
+computation) calls ``jax.distributed.initialize`` in exactly these cases:
+
+- ``--coordinator_address``, ``--num_processes`` and ``--process_id`` are given
+  (a bare cluster, or ``launch/local.sh``);
+- JAX detects a cluster job with more than one process: a SLURM step started by
+  ``srun`` with several tasks, a Cloud TPU VM pod slice (several workers), or an
+  Open MPI ``mpirun``;
+- ``--distributed=on`` or ``FGMASK_DISTRIBUTED=1``: always, and JAX fills in
+  whatever is not given (its own cluster detection, ``JAX_COORDINATOR_ADDRESS``).
+
+``--distributed=off`` or ``FGMASK_DISTRIBUTED=0`` never joins. A plain
+``python -m fgmask_jax.main ...`` on a laptop reaches nothing.
+
+Time is bounded: a process that cannot reach the coordinator stops after
+``--initialization_timeout`` seconds with a message that says what to check,
+and once joined, a process whose peer dies is stopped by JAX's coordination
+service after ``--heartbeat_timeout`` seconds (an abort that names the dead task).
+
+Devices per process: under SLURM one task per node drives all GPUs of its node;
+several tasks per node drive one GPU each (task ``SLURM_LOCALID`` takes GPU
+``SLURM_LOCALID``, JAX's rule). ``--local_device_ids`` overrides both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+
+from absl import app, flags, logging
+
+ENV_SWITCH = "FGMASK_DISTRIBUTED"
+# JAX's cluster environments that may start a run on their own (see jax._src.clusters).
+# Kubernetes and mpi4py are left out: they need --distributed=on to be used.
+AUTO_CLUSTERS = ("slurm", "ompi", "gcetpu", "gketpu")
+
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    f"Join a multi-process JAX cluster: auto (when a cluster job is detected or "
+    f"--coordinator_address is given), on (always), off (never). Default: ${ENV_SWITCH} "
+    "(1/on, 0/off) if set, else auto.",
+)
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0, the same for every process (bare clusters, launch/local.sh).",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "How many processes take part (with --coordinator_address).",
+    lower_bound=1,
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index, 0 .. num_processes-1 (0 hosts the coordinator).",
+    lower_bound=0,
+)
+_LOCAL_DEVICE_IDS = flags.DEFINE_string(
+    "local_device_ids", "auto",
+    "Which local devices this process drives: auto (see fgmask_jax/distributed.py), all, "
+    "or a comma-separated list such as 0,1.",
+)
+_INITIALIZATION_TIMEOUT = flags.DEFINE_integer(
+    "initialization_timeout", 300,
+    "Seconds a process waits for the coordinator and for all processes to join.",
+    lower_bound=1,
+)
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout", 100,
+    "Seconds without a heartbeat after which a process counts as dead and the job stops.",
+    lower_bound=1,
+)
+
+
+class ClusterJoinError(RuntimeError):
+    """This process could not join the multi-process cluster."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What the flags and the environment ask for (see the flags above)."""
+
+    mode: str = "auto"  # auto | on | off
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    local_device_ids: str = "auto"  # auto | all | "0,1"
+    initialization_timeout: int = 300
+    heartbeat_timeout: int = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The arguments of ``jax.distributed.initialize`` and where they came from.
+
+    ``None`` fields are left for JAX to fill in (only when ``source == 'jax'``).
+    """
+
+    source: str  # "flags", a JAX cluster name ("slurm", "gcetpu", ...), or "jax"
+    coordinator_address: str | None
+    num_processes: int | None
+    process_id: int | None
+    local_device_ids: tuple[int, ...] | None  # None: every local device
+
+    def describe(self) -> str:
+        if self.source == "jax":
+            return "cluster parameters detected by jax.distributed.initialize"
+        return (f"process {self.process_id} of {self.num_processes}, coordinator "
+                f"{self.coordinator_address} (from {self.source})")
+
+
+def mode_from(flag_value: str, flag_given: bool, environ=os.environ) -> str:
+    """auto | on | off: the flag if given, else ``$FGMASK_DISTRIBUTED``, else the flag default."""
+    if flag_given:
+        return flag_value
+    value = environ.get(ENV_SWITCH, "").strip().lower()
+    if value in ("", "auto"):
+        return flag_value
+    if value in ("1", "on", "true", "yes"):
+        return "on"
+    if value in ("0", "off", "false", "no"):
+        return "off"
+    raise ValueError(f"{ENV_SWITCH}={environ[ENV_SWITCH]!r}: use 1 (on), 0 (off) or auto")
+
+
+def options_from_flags() -> Options:
+    """The parsed absl flags of this module as `Options`."""
+    f = flags.FLAGS
+    return Options(
+        mode=mode_from(_DISTRIBUTED.value, f["distributed"].present),
+        coordinator_address=_COORDINATOR_ADDRESS.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+        local_device_ids=_LOCAL_DEVICE_IDS.value,
+        initialization_timeout=_INITIALIZATION_TIMEOUT.value,
+        heartbeat_timeout=_HEARTBEAT_TIMEOUT.value,
+    )
+
+
+def _parse_device_ids(text: str) -> tuple[int, ...] | str:
+    """'auto' | 'all' | (ids...) from --local_device_ids."""
+    text = text.strip().lower()
+    if text in ("auto", "all"):
+        return text
+    try:
+        ids = tuple(int(i) for i in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--local_device_ids={text!r}: use auto, all, or a comma-separated list like 0,1"
+        ) from None
+    if not ids or min(ids) < 0:
+        raise ValueError(f"--local_device_ids={text!r}: device ids are integers >= 0")
+    return ids
+
+
+def detected_cluster():
+    """JAX's cluster environment of this process (a ``ClusterEnv`` class) or None.
+
+    The same detection ``jax.distributed.initialize()`` runs, limited to AUTO_CLUSTERS;
+    it reads environment variables only (on a Cloud TPU VM, also its metadata server).
+    """
+    try:
+        from jax._src import clusters
+    except ImportError:  # JAX moved its cluster detection: only explicit flags then
+        logging.warning("jax._src.clusters is gone in this JAX version: cluster jobs are "
+                        "not detected; give --coordinator_address/--num_processes/--process_id")
+        return None
+    for env in clusters.ClusterEnv._cluster_types:
+        if getattr(env, "name", "") in AUTO_CLUSTERS and env.is_env_present():
+            return env
+    return None
+
+
+def _slurm_one_task_per_node(environ=os.environ) -> bool:
+    tasks = environ.get("SLURM_STEP_NUM_TASKS", environ.get("SLURM_NTASKS"))
+    nodes = environ.get("SLURM_STEP_NUM_NODES", environ.get("SLURM_NNODES"))
+    return tasks is not None and tasks == nodes
+
+
+def plan(options: Options) -> Plan | None:
+    """What to join, or None for a single-process run.
+
+    Raises:
+      ValueError: contradictory or incomplete flags (the message says which).
+    """
+    explicit = {
+        "--coordinator_address": options.coordinator_address,
+        "--num_processes": options.num_processes,
+        "--process_id": options.process_id,
+    }
+    given = [name for name, value in explicit.items() if value is not None]
+    devices = _parse_device_ids(options.local_device_ids)
+    chosen = devices if isinstance(devices, tuple) else None
+    if options.mode == "off":
+        if given:
+            raise ValueError(f"{', '.join(given)} given, but --distributed=off (or "
+                             f"{ENV_SWITCH}=0): drop one or the other")
+        return None
+    if given:
+        if len(given) < 3 and options.mode != "on":
+            missing = [name for name in explicit if name not in given]
+            raise ValueError(
+                f"{', '.join(given)} given without {', '.join(missing)}: a bare cluster needs "
+                "all three (or --distributed=on to let JAX detect the rest)"
+            )
+        if len(given) == 3 and not options.process_id < options.num_processes:
+            raise ValueError(f"--process_id={options.process_id} must be below "
+                             f"--num_processes={options.num_processes}")
+        if len(given) == 3:
+            return Plan("flags", options.coordinator_address, options.num_processes,
+                        options.process_id, chosen)
+    env = detected_cluster()
+    if env is None:
+        if options.mode == "on":  # JAX's full detection: Kubernetes, JAX_COORDINATOR_ADDRESS
+            return Plan("jax", options.coordinator_address, options.num_processes,
+                        options.process_id, chosen)
+        return None
+    count = options.num_processes or env.get_process_count()
+    if count <= 1 and options.mode == "auto":
+        logging.info("%s job with one process: running alone", env.name)
+        return None
+    coordinator = options.coordinator_address or env.get_coordinator_address(
+        timeout_secs=options.initialization_timeout,
+        override_coordinator_port=os.environ.get("JAX_COORDINATOR_PORT"),
+    )
+    process_id = options.process_id if options.process_id is not None else env.get_process_id()
+    if devices == "auto" and env.name == "slurm" and not _slurm_one_task_per_node():
+        local = env.get_local_process_id()  # JAX's rule: task i of a node drives GPU i
+        chosen = (local,) if local is not None else None
+    elif devices == "auto" and env.name == "ompi":
+        local = env.get_local_process_id()
+        chosen = (local,) if local is not None else None
+    return Plan(env.name, coordinator, count, process_id, chosen)
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"coordinator address {address!r}: use host:port")
+    return host.strip("[]"), int(port)
+
+
+def wait_for_coordinator(address: str, timeout: float) -> None:
+    """Returns once ``address`` accepts TCP connections; ClusterJoinError after ``timeout`` s."""
+    host, port = _split_address(address)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(5.0, timeout)):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise ClusterJoinError(
+                    f"could not reach the coordinator at {address} within {timeout:g} s ({e}). "
+                    "Check that process 0 of this job is running, that every process was given "
+                    "the same --coordinator_address and --num_processes, and that the port is "
+                    "open between the hosts; for slow starts raise --initialization_timeout."
+                ) from None
+            time.sleep(0.5)
+
+
+def join(p: Plan, initialization_timeout: int = 300, heartbeat_timeout: int = 100) -> None:
+    """``jax.distributed.initialize`` for plan ``p``, bounded in time.
+
+    A process other than 0 first waits (at most ``initialization_timeout`` s) for the
+    coordinator's port, so that an unreachable coordinator is a Python error with
+    advice. Once connected, JAX itself enforces the timeouts: a process that is
+    still missing after ``initialization_timeout`` s, or that stops sending
+    heartbeats for ``heartbeat_timeout`` s, makes JAX abort every process with
+    DEADLINE_EXCEEDED or "tasks are unhealthy".
+    """
+    import jax
+
+    if p.process_id not in (None, 0) and p.coordinator_address:
+        wait_for_coordinator(p.coordinator_address, initialization_timeout)
+    logging.info(
+        "Joining the cluster: %s; waiting up to %d s for all processes. If this process "
+        "aborts with DEADLINE_EXCEEDED, a process did not start or cannot reach the "
+        "coordinator: see the other processes' logs.", p.describe(), initialization_timeout,
+    )
+    kwargs = dict(
+        coordinator_address=p.coordinator_address,
+        num_processes=p.num_processes,
+        process_id=p.process_id,
+        local_device_ids=list(p.local_device_ids) if p.local_device_ids is not None else None,
+        initialization_timeout=initialization_timeout,
+        heartbeat_timeout_seconds=heartbeat_timeout,
+    )
+    if p.source != "jax":
+        # Everything is resolved: stop JAX from re-detecting, which would pin a
+        # one-task-per-node SLURM job to a single GPU per node.
+        kwargs["cluster_detection_method"] = "deactivate"
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (ValueError, RuntimeError) as e:
+        raise ClusterJoinError(
+            f"jax.distributed.initialize failed for {p.describe()}: {e}. Give "
+            "--coordinator_address, --num_processes and --process_id, or run the job "
+            "through srun / on every TPU VM worker; it must run before any JAX computation."
+        ) from e
+
+
+def log_topology() -> None:
+    """Logs this process's index and count, and its local and the global devices."""
+    import jax
+
+    local = jax.local_devices()
+    logging.info("JAX process %d of %d on %s: %d local devices %s, %d global devices (%s)",
+                 jax.process_index(), jax.process_count(), socket.gethostname(), len(local),
+                 [d.id for d in local], jax.device_count(), jax.default_backend())
+
+
+def maybe_initialize() -> bool:
+    """Joins the cluster if this run is a cluster job (see the module docstring).
+
+    Call after absl parsed the flags and before any JAX computation. Returns True
+    if this process joined a multi-process cluster, False for a single-process run.
+
+    Raises:
+      ValueError: contradictory or incomplete flags (the message says which).
+      ClusterJoinError: the coordinator could not be reached within the timeout.
+    """
+    import jax
+
+    options = options_from_flags()
+    if jax.distributed.is_initialized():
+        logging.info("jax.distributed is already initialized: joining nothing more")
+        log_topology()
+        return True
+    p = plan(options)
+    if p is not None:
+        join(p, options.initialization_timeout, options.heartbeat_timeout)
+    log_topology()
+    return p is not None
+
+
+def check_all_reduce() -> float:
+    """Sums every process's index over all global devices; returns the sum (a smoke test)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+    local = np.full(jax.local_device_count(), jax.process_index(), np.float32)
+    x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), local)
+    total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(x)
+    return float(total.addressable_data(0))
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    import jax
+
+    try:
+        joined = maybe_initialize()
+    except (ValueError, ClusterJoinError) as e:
+        raise SystemExit(f"fgmask_jax.distributed: {e}") from None
+    total = check_all_reduce()
+    expected = sum(i * n for i, n in _devices_per_process(jax).items())
+    status = "OK" if total == expected else "WRONG"
+    print(f"{status}: process {jax.process_index()} of {jax.process_count()} "
+          f"({'joined a cluster' if joined else 'alone'}), {jax.local_device_count()} local "
+          f"of {jax.device_count()} devices; all-reduce {total:g} (expected {expected:g})",
+          flush=True)
+    if status != "OK":
+        raise SystemExit(1)
+
+
+def _devices_per_process(jax) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for d in jax.devices():
+        counts[d.process_index] = counts.get(d.process_index, 0) + 1
+    return counts
+
+
+if __name__ == "__main__":
+    app.run(main)
