@@ -26,9 +26,18 @@ class Checkpointer:
 
     def __init__(self, directory: str, max_to_keep: int | None = 3):
         self.directory = directory
+        # Processes meet at named barriers while saving; the folder's name keeps two
+        # managers of one run (latest and best) that save the same step apart.
+        prefix = epath.Path(directory).name
         self._manager = ocp.CheckpointManager(
             directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep,
+                create=True,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix=prefix
+                ),
+            ),
         )
 
     def all_steps(self) -> list[int]:

@@ -125,7 +125,7 @@ def neural_config(arg: str | None, *, tasks: tuple[str, ...], model: str = "resn
 
     if v.runlocal:
         c.runlocal = True
-        if "model=" not in (arg or ""):
+        if model == "resnet152" and "model=" not in (arg or ""):
             c.model = "resnet18"  # the smallest ResNet, unless a model was asked for
         c.image_size = min(v.size, 64)
         c.batch_size = 32
