@@ -171,13 +171,16 @@ def train_step(state: TrainState, batch: dict, *, model, tx, config) -> tuple[Tr
 
 
 def eval_step(state: TrainState, batch: dict, *, model, config) -> dict:
-    """Per-example outputs of a global batch: {pred_t, loss_t, label_t: [B], mask: bool[B]}."""
+    """Per-example outputs of a global batch: {pred_t, loss_t, label_t, subject_id (if the
+    batch has it): [B], mask: bool[B]}."""
     x = pipeline.normalize(batch["image"], compute_dtype(config))
     logits = model.apply(_variables(state.params, state.batch_stats), x, train=False)
     losses = task_losses(logits, batch)
     out = {f"pred_{t}": z.argmax(-1).astype(jnp.int32) for t, z in logits.items()}
     out.update({f"loss_{t}": v for t, v in losses.items()})
     out.update({f"label_{t}": batch[t] for t in logits})
+    if "subject_id" in batch:  # pipeline batches carry it; predictions.npz saves it
+        out["subject_id"] = batch["subject_id"]
     out["mask"] = batch["mask"]
     return out
 
@@ -220,8 +223,13 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
 # --- evaluation -------------------------------------------------------------------------
 
 
-def evaluate(steps: Steps, state: TrainState, source, indices, config) -> dict[str, dict]:
-    """Exact metrics over ``source[indices]``: {task: summary (see metrics.summarize) + loss}."""
+def evaluate(steps: Steps, state: TrainState, source, indices, config,
+             predictions_path: str | None = None) -> dict[str, dict]:
+    """Exact metrics over ``source[indices]``: {task: summary (see metrics.summarize) + loss}.
+
+    ``predictions_path``: process 0 also saves the per-example ``subject_id``,
+    ``label_<task>`` and ``pred_<task>`` (int64[N], pads removed) there as .npz.
+    """
     batches = pipeline.eval_batches(
         source, indices, global_batch=config.batch_size, image_size=config.image_size
     )
@@ -231,6 +239,13 @@ def evaluate(steps: Steps, state: TrainState, source, indices, config) -> dict[s
         outs.append(jax.device_get(multihost_utils.process_allgather(out, tiled=True)))
     out = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     mask = out["mask"]
+    if predictions_path and jax.process_index() == 0:
+        arrays = {"subject_id": out["subject_id"][mask].astype(np.int64)}
+        for t in config.tasks:
+            arrays[f"label_{t}"] = out[f"label_{t}"][mask].astype(np.int64)
+            arrays[f"pred_{t}"] = out[f"pred_{t}"][mask].astype(np.int64)
+        with epath.Path(predictions_path).open("wb") as f:
+            np.savez(f, **arrays)
     results = {}
     for t in config.tasks:
         y, pred = out[f"label_{t}"][mask], out[f"pred_{t}"][mask]
@@ -420,7 +435,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
         state, _ = best_ckpt.restore(best_ckpt.latest_step(), checkpointing.abstract_like(state))
     best_ckpt.close()
     sections = {
-        "test": evaluate(steps, state, test_source, np.arange(len(test_source)), config),
+        "test": evaluate(steps, state, test_source, np.arange(len(test_source)), config,
+                         os.path.join(workdir, "predictions.npz")),
         "validation": evaluate(steps, state, train_source, val, config),
     }
     writer.write(int(meta["step"]), _flat(sections["test"], "test"))

@@ -11,6 +11,7 @@ once, by a model that never saw its person; results pooled over the folds).
 
 Writes in ``workdir``: ``config.json``, ``results.json`` (``{"test": {task:
 summary}, "selection": ...}``; classifiers have no loss, so none is given),
+``predictions.npz`` (the tested images' ``subject_id``, ``label_<task>``, ``pred_<task>``),
 ``report.md`` with confusion PNGs, and ``metrics.jsonl`` / TensorBoard scalars.
 """
 
@@ -167,6 +168,12 @@ def run_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for task in config.tasks
     }
     if is_main:
+        arrays = {"subject_id": data["subject_id"][tested].astype(np.int64)}
+        for t in config.tasks:
+            arrays[f"label_{t}"] = data[t][tested].astype(np.int64)
+            arrays[f"pred_{t}"] = predictions[t][tested]
+        with (epath.Path(workdir) / "predictions.npz").open("wb") as f:
+            np.savez(f, **arrays)  # before results.json: a finished run has both
         _write(config, workdir, results, selection, len(fold_list))
     return {"test": results, "selection": selection, "folds": len(fold_list)}
 

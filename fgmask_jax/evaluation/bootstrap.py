@@ -1,0 +1,127 @@
+"""Confidence intervals by person: a bootstrap that resamples persons, not images.
+
+Images of one person are not independent (the same face, often copies of one
+photo under other masks), so an interval from resampling images is too narrow.
+`person_bootstrap` draws persons with replacement; every image of a drawn person
+comes along, and a person drawn twice counts twice.
+
+Vectorised: one confusion matrix per person, int64[P, C, C]; a bootstrap sample is
+a vector of draw counts per person, int64[P] (multinomial, summing to P), and the
+sample's confusion matrix is ``counts @ per_person`` -> int64[S, C, C] for S samples
+in one matrix product. 1,000 samples over 3,404 images take milliseconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fgmask_jax.evaluation import metrics as metrics_lib
+
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+def metrics_from_confusions(cms: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, balanced accuracy and macro-F1 of many confusion matrices at once.
+
+    Args:
+      cms: int or float[..., C, C], row = true class, column = predicted class.
+
+    Returns:
+      {metric: float64[...]} with the definitions of `metrics.summarize`: balanced
+      accuracy averages recall over the classes present in the labels; macro-F1
+      averages F1 over the classes present in labels or predictions. nan where a
+      matrix is empty.
+    """
+    cms = np.asarray(cms, np.float64)
+    n = cms.sum((-2, -1))
+    support, predicted = cms.sum(-1), cms.sum(-2)
+    correct = np.diagonal(cms, axis1=-2, axis2=-1)
+    present = support > 0
+    seen = present | (predicted > 0)
+    recall = np.divide(correct, support, out=np.zeros_like(correct), where=present)
+    precision = np.divide(correct, predicted, out=np.zeros_like(correct), where=predicted > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(correct), where=denom > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "accuracy": np.where(n > 0, correct.sum(-1) / n, np.nan),
+            "balanced_accuracy": np.where(
+                n > 0, (recall * present).sum(-1) / present.sum(-1), np.nan),
+            "macro_f1": np.where(n > 0, (f1 * seen).sum(-1) / seen.sum(-1), np.nan),
+        }
+
+
+def per_person_confusions(y_true: np.ndarray, y_pred: np.ndarray, subject_ids: np.ndarray,
+                          num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(persons int64[P], confusion matrices int64[P, C, C]) of each person's images.
+
+    Args:
+      y_true, y_pred, subject_ids: int[N], one entry per image.
+      num_classes: C; labels and predictions must lie in [0, C).
+    """
+    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+    subject_ids = np.asarray(subject_ids)
+    if not y_true.shape == y_pred.shape == subject_ids.shape or y_true.ndim != 1:
+        raise ValueError(
+            f"labels {y_true.shape}, predictions {y_pred.shape} and subject ids "
+            f"{subject_ids.shape} must be 1-D and of one length"
+        )
+    for name, y in (("labels", y_true), ("predictions", y_pred)):
+        if y.size and (y.min() < 0 or y.max() >= num_classes):
+            raise ValueError(f"{name} must lie in [0, {num_classes}); got {y.min()}..{y.max()}")
+    persons, person_ix = np.unique(subject_ids, return_inverse=True)
+    flat = (person_ix * num_classes + y_true) * num_classes + y_pred
+    cms = np.bincount(flat, minlength=len(persons) * num_classes**2)
+    return persons, cms.reshape(len(persons), num_classes, num_classes)
+
+
+def person_bootstrap(y_true: np.ndarray, y_pred: np.ndarray, subject_ids: np.ndarray,
+                     num_classes: int, *, num_samples: int = 1000, seed: int = 0,
+                     confidence: float = 0.95) -> dict:
+    """Point values and percentile intervals of accuracy, balanced accuracy and macro-F1.
+
+    Each of ``num_samples`` bootstrap samples draws P persons with replacement from
+    the P persons in ``subject_ids`` and pools all their images (twice for a person
+    drawn twice). The interval is the ``(1 - confidence) / 2`` and ``(1 + confidence)
+    / 2`` percentiles of the samples' values; the point value is that of all images
+    (as `metrics.summarize` computes it), not the samples' mean. Percentile intervals
+    are not forced to contain the point value (for a strongly skewed statistic on
+    very few persons they may not), and none is widened or shifted here.
+
+    Args:
+      y_true, y_pred: int[N] labels and predictions in [0, num_classes).
+      subject_ids: int[N], the person of each image.
+      num_classes: C.
+      num_samples: bootstrap samples S.
+      seed: of numpy's default_rng; the same seed gives the same intervals.
+      confidence: in (0, 1).
+
+    Returns:
+      {metric: {"value", "low", "high"}} for metric in METRICS, plus "n" (images),
+      "persons" (P), "num_samples", "confidence" and "majority_rate".
+
+    Raises:
+      ValueError: no images, mismatched shapes, labels out of range, or a bad
+        ``num_samples`` / ``confidence``.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence} must lie strictly between 0 and 1")
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples} must be at least 1")
+    persons, cms = per_person_confusions(y_true, y_pred, subject_ids, num_classes)
+    if not len(persons):
+        raise ValueError("no images: a bootstrap needs at least one prediction")
+    summary = metrics_lib.summarize(np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64),
+                                    num_classes)
+    p = len(persons)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(p, np.full(p, 1.0 / p), size=num_samples)  # int64[S, P]
+    sampled = counts @ cms.reshape(p, -1)  # int64[S, C*C]
+    values = metrics_from_confusions(sampled.reshape(num_samples, num_classes, num_classes))
+    tails = 100 * np.array([(1 - confidence) / 2, (1 + confidence) / 2])
+    out = {"n": summary["n"], "persons": p, "num_samples": num_samples,
+           "confidence": confidence, "majority_rate": summary["majority_rate"]}
+    for metric in METRICS:
+        low, high = np.nanpercentile(values[metric], tails)
+        out[metric] = {"value": summary[metric], "low": float(low), "high": float(high)}
+    return out

@@ -1,0 +1,175 @@
+"""The study command on the 60-image synthetic set: runs, outputs, skipping finished runs."""
+
+import csv
+import math
+import os
+
+import numpy as np
+import pytest
+
+from fgmask_jax import study
+from fgmask_jax.evaluation import bootstrap, metrics
+
+TASKS = ("age_group", "gender", "expression")
+# Tiny neural runs at 32 px: a handful of steps each.
+TINY = {"image_size": 32, "batch_size": 8, "num_train_steps": 2, "eval_every_steps": 2,
+        "checkpoint_every_steps": 2, "warmup_epochs": 0.0, "log_every_steps": 1}
+METHODS = ("lbp", "eigenface", "single_task_cnn", "multitask_resnet")
+
+
+def _run(workdir, data_dir, **kwargs):
+    return study.run_study(str(workdir), data="synthetic", protocol="study", runlocal=True,
+                           methods=METHODS, resnet="resnet_tiny",
+                           dataset="synthetic_masked_faces/small", data_dir=data_dir,
+                           neural_overrides=TINY, num_samples=200, **kwargs)
+
+
+def _mtimes(workdir):
+    return {os.path.join(root, name): os.path.getmtime(os.path.join(root, name))
+            for root, _, names in os.walk(workdir) for name in names
+            if name in ("results.json", "predictions.npz")}
+
+
+def test_study_runs_writes_table_csv_plot_and_skips_finished_runs(small_data_dir, tmp_path):
+    out = _run(tmp_path, small_data_dir)
+
+    folders = [r["folder"] for r in out["runs"]]
+    assert folders == ["lbp", "eigenface", *(f"single_task_cnn/{t}" for t in TASKS),
+                       "multitask_resnet"]
+    assert all(r["status"] == "ran" and r["seconds"] > 0 for r in out["runs"])
+    for f in folders:
+        assert os.path.exists(tmp_path / f / "results.json")
+    # One row per method x task x metric, in the CSV too (plus the majority-class floor).
+    assert len(out["rows"]) == len(METHODS) * len(TASKS) * len(bootstrap.METRICS)
+    with open(tmp_path / "study.csv") as f:
+        table = list(csv.DictReader(f))
+    keys = [(r["method"], r["task"], r["metric"]) for r in table]
+    assert len(keys) == len(set(keys)) == len(out["rows"]) + len(TASKS)
+    assert {k[0] for k in keys} == {*METHODS, "majority_class"}
+    for r in out["rows"]:
+        folder = tmp_path / (f"{r['method']}/{r['task']}" if r["method"] == "single_task_cnn"
+                             else r["method"])
+        assert 0 <= r["value"] <= 1 and r["n"] == 15
+        if os.path.exists(folder / "predictions.npz"):
+            assert r["low"] <= r["value"] <= r["high"], r
+            assert r["persons"] > 1
+        else:  # a run without per-image predictions gets no interval, and says so
+            assert math.isnan(r["low"]) and math.isnan(r["high"])
+    report = (tmp_path / "study.md").read_text()
+    assert "synthetic data" in report and "protocol=study" in report
+    assert "| multi-task ResNet |" in report and "| *majority class (floor)* |" in report
+    assert "resnet_tiny at 32 px, 2 steps" in report
+    assert "set on every neural run: image_size=32, batch_size=8, num_train_steps=2" in report
+    for method in METHODS:
+        has_predictions = all(os.path.exists(tmp_path / f / "predictions.npz")
+                              for f in folders if f.startswith(method))
+        said = f"{study.TITLES[method]} (`{method}" in report and \
+            "no per-image predictions" in report
+        assert said != has_predictions, method
+    with open(tmp_path / "study.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    # A second call runs nothing again: the runs' files keep their times.
+    before = _mtimes(tmp_path)
+    again = _run(tmp_path, small_data_dir)
+    assert [r["status"] for r in again["runs"]] == ["skipped"] * len(folders)
+    assert _mtimes(tmp_path) == before
+    assert again["runs"][0]["seconds"] == out["runs"][0]["seconds"]  # kept from study.json
+    assert [(r["method"], r["task"], r["metric"], r["value"]) for r in again["rows"]] == \
+        [(r["method"], r["task"], r["metric"], r["value"]) for r in out["rows"]]
+
+
+def test_lopo_runs_the_classical_methods_over_every_image(small_data_dir, tmp_path):
+    out = study.run_study(str(tmp_path), data="synthetic", protocol="lopo", runlocal=True,
+                          methods=("lbp", "multitask_cnn"),
+                          dataset="synthetic_masked_faces/small", data_dir=small_data_dir,
+                          num_samples=100)
+    assert [r["folder"] for r in out["runs"]] == ["lbp"]
+    assert not os.path.exists(tmp_path / "multitask_cnn")
+    assert {r["n"] for r in out["rows"]} == {60}  # every image predicted once
+    report = (tmp_path / "study.md").read_text()
+    assert "protocol=lopo" in report and "leave persons out" in report
+    assert "multi-task CNN: not run; leave-persons-out runs the classical methods only" in report
+
+
+def _write_run(folder, rng, n_persons=12, per_person=5, error=0.3):
+    """A run folder as the trainer leaves it: results.json and predictions.npz."""
+    import json
+
+    os.makedirs(folder)
+    subject = np.repeat(np.arange(100, 100 + n_persons), per_person)
+    arrays, results = {"subject_id": subject}, {}
+    for task, k in (("age_group", 4), ("gender", 2), ("expression", 3)):
+        y = rng.integers(0, k, subject.size)
+        pred = np.where(rng.random(subject.size) < error, rng.integers(0, k, subject.size), y)
+        arrays[f"label_{task}"], arrays[f"pred_{task}"] = y, pred
+        results[task] = metrics.summarize(y, pred, k)
+    np.savez(os.path.join(folder, "predictions.npz"), **arrays)
+    with open(os.path.join(folder, "results.json"), "w") as f:
+        json.dump({"test": results}, f)
+    return arrays, results
+
+
+def test_summarize_run_bootstraps_the_saved_predictions(tmp_path):
+    arrays, results = _write_run(tmp_path / "run", np.random.default_rng(0))
+    s = study.summarize_run(str(tmp_path / "run"), TASKS, num_samples=300, seed=3)
+    assert s["intervals"] and s["note"] is None
+    for task in TASKS:
+        direct = bootstrap.person_bootstrap(arrays[f"label_{task}"], arrays[f"pred_{task}"],
+                                            arrays["subject_id"], 4 if task == "age_group"
+                                            else 2 if task == "gender" else 3,
+                                            num_samples=300, seed=3)
+        r = s["tasks"][task]
+        assert r["persons"] == 12 and r["n"] == 60
+        for m in bootstrap.METRICS:
+            assert r[m] == direct[m]
+            assert r[m]["value"] == results[task][m]
+            assert r[m]["low"] < r[m]["value"] < r[m]["high"]
+
+
+def test_summarize_run_without_predictions_gives_no_interval(tmp_path):
+    _write_run(tmp_path / "run", np.random.default_rng(1))
+    os.remove(tmp_path / "run" / "predictions.npz")
+    s = study.summarize_run(str(tmp_path / "run"), TASKS)
+    assert not s["intervals"] and "no per-image predictions" in s["note"]
+    assert all(math.isnan(s["tasks"][t][m]["low"]) for t in TASKS for m in bootstrap.METRICS)
+
+
+def test_predictions_of_another_run_are_refused(tmp_path):
+    _write_run(tmp_path / "a", np.random.default_rng(2))
+    _write_run(tmp_path / "b", np.random.default_rng(3))
+    os.replace(tmp_path / "b" / "predictions.npz", tmp_path / "a" / "predictions.npz")
+    with pytest.raises(ValueError, match="different runs"):
+        study.summarize_run(str(tmp_path / "a"), TASKS)
+
+
+def test_plan_names_runs_configs_and_the_methods_lopo_leaves_out(tmp_path):
+    runs, notes = study.plan("synthetic", "study", runlocal=True)
+    assert [r.folder for r in runs] == [
+        "lbp", "tiny_image", "vgg_face", "eigenface",
+        *(f"single_task_cnn/{t}" for t in TASKS), *(f"single_task_resnet/{t}" for t in TASKS),
+        "multitask_cnn", "multitask_resnet"]
+    assert not notes
+    config = study.make_config(runs[-1])
+    assert (config.model, config.runlocal, config.num_epochs) == ("resnet18", True, 8.0)
+    vgg = study.make_config(runs[2])
+    assert (vgg.model, vgg.image_size, vgg.num_epochs) == ("vgg16", 32, 2.0)
+    assert study.make_config(runs[4]).tasks == ("age_group",)
+    full, _ = study.plan("fgnet_mask", "subject")
+    config = study.make_config(full[-1])
+    assert (config.model, config.protocol, config.dataset) == ("resnet152", "subject",
+                                                               "fgnet_mask")
+    lopo, notes = study.plan("synthetic", "lopo", runlocal=True)
+    assert [r.folder for r in lopo] == ["lbp", "tiny_image", "eigenface"]
+    assert len(notes) == 5 and all("classical methods only" in n for n in notes)
+    assert study.make_config(lopo[0]).protocol == "lopo"
+    with pytest.raises(ValueError, match="nothing to run: multi-task CNN: not run"):
+        study.run_study(str(tmp_path), protocol="lopo", methods=("multitask_cnn",))
+    with pytest.raises(ValueError, match="choose from lbp"):
+        study.plan("synthetic", "study", methods=("lbp", "svm"))
+    with pytest.raises(ValueError, match="no key 'epochs'"):
+        study.make_config(runs[-1], neural_overrides={"epochs": 2})
+    shorter = study.make_config(runs[-1], neural_overrides=[("num_train_steps", "7"),
+                                                             ("augment.flip", "false")])
+    assert shorter.num_train_steps == 7 and shorter.augment.flip is False
+    assert study.make_config(runs[0], neural_overrides={"num_train_steps": 7}).method == "lbp"
