@@ -7,9 +7,8 @@ Example:
       --workdir=/tmp/fgmask/multitask
 """
 
-import logging as std_logging
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from fgmask_jax import distributed  # also defines --coordinator_address, --num_processes, ...
@@ -43,16 +42,12 @@ def parse_flags(argv: list[str]) -> list[str]:
         ) from None
 
 
-def _quiet_libraries(record) -> bool:
-    """Keeps the libraries' INFO chatter (Orbax, TFDS, ArrayRecord) out of the run's log."""
-    noisy = ("/orbax/", "/tensorflow_datasets/", "/array_record/", "/grain/")
-    return record.levelno > std_logging.INFO or not any(n in record.pathname for n in noisy)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    logging.get_absl_logger().addFilter(_quiet_libraries)
+    from fgmask_jax.evaluation import writers
+
+    writers.quiet_library_logs()
     try:
         distributed.maybe_initialize()  # joins a cluster job; before any JAX computation
     except (ValueError, distributed.ClusterJoinError) as e:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import logging as std_logging
 import math
 import os
 import time
@@ -554,15 +553,12 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the bootstrap.")
 
 
-def _quiet_libraries(record) -> bool:
-    noisy = ("/orbax/", "/tensorflow_datasets/", "/array_record/", "/grain/")
-    return record.levelno > std_logging.INFO or not any(n in record.pathname for n in noisy)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    logging.get_absl_logger().addFilter(_quiet_libraries)
+    from fgmask_jax.evaluation import writers
+
+    writers.quiet_library_logs()
     f = flags.FLAGS
     overrides = []
     for item in f.neural_override:

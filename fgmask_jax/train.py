@@ -32,7 +32,7 @@ from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.data import pipeline, splits
 from fgmask_jax.evaluation import metrics as metrics_lib
 from fgmask_jax.evaluation import report as report_lib
-from fgmask_jax.evaluation.writers import MetricWriter
+from fgmask_jax.evaluation import writers
 
 
 @flax.struct.dataclass
@@ -321,10 +321,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
     """
     mesh = mesh or make_mesh()
     is_main = jax.process_index() == 0
-    if is_main:
-        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-        with (epath.Path(workdir) / "config.json").open("w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+    writers.write_config(workdir, config)
     if config.get("runlocal"):
         logging.info("runlocal: a shrunk run for a laptop CPU (image_size=%d, %s epochs)",
                      config.image_size, config.num_epochs)
@@ -348,7 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
     model = make_model(config)
     tx, schedule = make_optimizer(config, steps_per_epoch, total_steps)
     steps = Steps(model, tx, config, mesh)
-    writer = MetricWriter(workdir)
+    writer = writers.MetricWriter(workdir)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                       config.keep_checkpoints)
     best_ckpt = checkpointing.Checkpointer(os.path.join(workdir, "best"), 1)

@@ -33,7 +33,7 @@ from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.data import pipeline, splits
 from fgmask_jax.evaluation import metrics as metrics_lib
 from fgmask_jax.evaluation import report as report_lib
-from fgmask_jax.evaluation.writers import MetricWriter
+from fgmask_jax.evaluation import writers
 
 
 def feature_fn(config):
@@ -126,10 +126,7 @@ def run_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     [{"params", "cv_score", "num_folds"} per fold]}, "folds": int}.
     """
     is_main = jax.process_index() == 0
-    if is_main:
-        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-        with (epath.Path(workdir) / "config.json").open("w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+    writers.write_config(workdir, config)
     if config.get("runlocal"):
         logging.info("runlocal: a shrunk run for a laptop CPU (image_size=%d)", config.image_size)
 
@@ -203,7 +200,7 @@ def _most_chosen(selection: list[dict]) -> str:
 def _write(config, workdir: str, results: dict, selection: dict, num_folds: int) -> None:
     with (epath.Path(workdir) / "results.json").open("w") as f:
         json.dump({"test": results, "selection": selection, "folds": num_folds}, f, indent=1)
-    writer = MetricWriter(workdir)
+    writer = writers.MetricWriter(workdir)
     writer.write(0, {f"test/{k}_{t}": r[k] for t, r in results.items()
                      for k in ("accuracy", "balanced_accuracy", "macro_f1")})
     writer.close()

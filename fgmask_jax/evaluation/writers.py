@@ -1,11 +1,14 @@
-"""Metric writers: JSONL (one object per line) and TensorBoard event files (no TensorFlow)."""
+"""What a run writes beside its checkpoints: the config, metrics (JSONL and TensorBoard event
+files, without TensorFlow), and a quieter log."""
 
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 
 import jax
+from absl import logging
 from etils import epath
 from tensorboardX import SummaryWriter
 
@@ -35,3 +38,21 @@ class MetricWriter:
         if self.active:
             self._jsonl.close()
             self._tb.close()
+
+
+def write_config(workdir: str, config) -> None:
+    """Writes the resolved config to ``workdir/config.json`` (process 0 only)."""
+    if jax.process_index() == 0:
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        with (epath.Path(workdir) / "config.json").open("w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+
+def _quiet_libraries(record) -> bool:
+    noisy = ("/orbax/", "/tensorflow_datasets/", "/array_record/", "/grain/")
+    return record.levelno > std_logging.INFO or not any(n in record.pathname for n in noisy)
+
+
+def quiet_library_logs() -> None:
+    """Keeps the libraries' INFO chatter (Orbax, TFDS, ArrayRecord, grain) out of the log."""
+    logging.get_absl_logger().addFilter(_quiet_libraries)
