@@ -13,7 +13,7 @@ model=vgg16 (trained from scratch; its report is titled "vgg16 on ..."):
   python -m fgmask_jax.main --config=configs/vgg_face.py:data=synthetic,runlocal --workdir=DIR
 
 Variants after a colon (comma-separated): weights=PATH, data=fgnet_mask|synthetic,
-protocol=study|subject (|lopo with weights), size=224 (the VGG-Face input), runlocal.
+protocol=study|subject|lopo, size=224 (the VGG-Face input), runlocal.
 """
 
 from fgmask_jax import config_lib

@@ -15,7 +15,7 @@ import ml_collections
 from fgmask_jax.data import labels as labels_lib
 
 DATASETS = {"fgnet_mask": "fgnet_mask", "synthetic": "synthetic_masked_faces"}
-PROTOCOLS = ("study", "subject")
+PROTOCOLS = ("study", "subject", "lopo")
 MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "cnn", "vgg16",
           "resnet_tiny")
 
@@ -84,7 +84,10 @@ def neural_config(arg: str | None, *, tasks: tuple[str, ...], model: str = "resn
     c.data_dir = ""  # "" -> $TFDS_DATA_DIR or ~/tensorflow_datasets
     c.manual_dir = ""  # fgnet_mask only: where FGNET-MASK_dataset.zip is
     c.protocol = v.protocol
-    c.val_fraction = 0.1  # of the training split (of its persons under protocol=subject)
+    c.val_fraction = 0.1  # of the training split (of its persons under subject and lopo)
+    # protocol=lopo: one run per fold of persons over all images, predictions pooled.
+    # 0 = one fold per person (82 trainings on FGNET-MASK).
+    c.lopo_folds = 10
     c.image_size = v.size
     c.data_on_device = False  # decode the training split once and keep it on the device
     c.workers = 0  # grain decoding processes; 0 decodes in the main process
@@ -133,6 +136,7 @@ def neural_config(arg: str | None, *, tasks: tuple[str, ...], model: str = "resn
         c.learning_rate = 0.2
         c.data_on_device = True
         c.log_every_steps = 10
+        c.lopo_folds = 5
     else:
         c.runlocal = False
     return c

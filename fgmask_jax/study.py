@@ -3,7 +3,7 @@ r"""The study's eight methods in one command, compared with confidence intervals
   python -m fgmask_jax.study --data=synthetic --protocol=study --workdir=DIR --runlocal
   python -m fgmask_jax.study --data=fgnet_mask --protocol=subject --workdir=DIR
   python -m fgmask_jax.study --data=synthetic --protocol=lopo --workdir=DIR --runlocal \
-      --methods=lbp,tiny_image,eigenface
+      --methods=lbp,tiny_image,eigenface,multitask_cnn
 
 Runs LBP, Tiny Image, VGG-Face, Eigenface, the single-task CNN and ResNet (one run
 per task), and the multi-task CNN and ResNet, each through the functions
@@ -21,7 +21,9 @@ again. Then it writes:
 Intervals need each run's per-image predictions (``predictions.npz`` in its folder:
 ``subject_id``, ``label_<task>``, ``pred_<task>``); a run without them gets its
 point values from ``results.json`` and no interval, and study.md says so.
-``--protocol=lopo`` (leave persons out) runs the classical methods only.
+Under ``--protocol=lopo`` (leave persons out) each method trains one model per fold
+of persons (every method the same folds; ``--lopo_folds``); the neural methods
+then take that many times longer.
 """
 
 from __future__ import annotations
@@ -82,12 +84,12 @@ class Run:
 
 
 def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
-         resnet: str = "", vgg_face_weights: str = "") -> tuple[list[Run], list[str]]:
-    """The runs of the study, and notes on methods left out.
+         resnet: str = "", vgg_face_weights: str = "") -> list[Run]:
+    """The runs of the study.
 
     Args:
       data: fgnet_mask | synthetic.
-      protocol: study | subject | lopo (lopo: the classical methods only).
+      protocol: study | subject | lopo.
       runlocal: pass the runlocal variant to every config, and shorten the neural
         runs by RUNLOCAL_NEURAL (VGG-16: RUNLOCAL_VGG).
       methods: a subset of METHODS, run in METHODS order.
@@ -116,13 +118,8 @@ def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
         return os.path.join(CONFIGS_DIR, f"{name}.py") + ":" + ",".join(
             filter(None, (extra, common)))
 
-    runs, notes = [], []
+    runs = []
     for method in (m for m in METHODS if m in methods):
-        neural = method not in CLASSICAL and not (method == "vgg_face" and vgg_face_weights)
-        if protocol == "lopo" and neural:
-            notes.append(f"{TITLES[method]}: not run; leave-persons-out runs the classical "
-                         "methods only")
-            continue
         if method in CLASSICAL:
             runs.append(Run(method, None, cfg(method)))
         elif method == "vgg_face":
@@ -140,7 +137,7 @@ def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
                              neural_short) for t in TASKS]
             else:
                 runs.append(Run(method, None, cfg("multitask", f"model={model}"), neural_short))
-    return runs, notes
+    return runs
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides) -> None:
@@ -170,14 +167,17 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> None:
 
 
 def make_config(run: Run, *, dataset: str = "", data_dir: str = "", manual_dir: str = "",
-                neural_overrides=None) -> ml_collections.ConfigDict:
+                neural_overrides=None, lopo_folds: int = 0) -> ml_collections.ConfigDict:
     """The resolved config of one run: its config file, the study's shortening, the options.
 
     ``dataset`` (e.g. ``synthetic_masked_faces/small``) replaces the config's dataset;
-    ``neural_overrides`` ({key: value}) applies to the neural runs after the study's own.
+    ``neural_overrides`` ({key: value}) applies to the neural runs after the study's own;
+    ``lopo_folds`` > 0 sets every run's folds of persons (0 keeps each config's).
     """
     config = config_lib.load(run.spec)
     apply_overrides(config, run.overrides)
+    if lopo_folds:
+        config.lopo_folds = lopo_folds
     if is_neural(config) and neural_overrides:
         apply_overrides(config, neural_overrides)
     if dataset:
@@ -201,12 +201,20 @@ def describe(config) -> str:
         from fgmask_jax.baselines import run as run_lib
 
         text = run_lib._describe(config)  # noqa: SLF001 (the report's own wording)
-        return f"{text}; images at {config.image_size} px"
+        return f"{text}; images at {config.image_size} px" + _folds(config)
     length = (f"{config.num_train_steps} steps" if config.num_train_steps
               else f"{config.num_epochs:g} epochs")
     model = "VGG-16 trained end to end (no VGG-Face weights)" if config.model == "vgg16" \
         else config.model
-    return f"{model} at {config.image_size} px, {length} of batch {config.batch_size}"
+    return (f"{model} at {config.image_size} px, {length} of batch {config.batch_size}"
+            + _folds(config))
+
+
+def _folds(config) -> str:
+    if config.protocol != "lopo":
+        return ""
+    return ("; one fold per person" if not config.lopo_folds
+            else f"; {config.lopo_folds} folds of persons")
 
 
 # --- reading a run --------------------------------------------------------------------
@@ -278,8 +286,8 @@ def summarize_run(folder: str, tasks, *, num_samples: int = 1000, seed: int = 0)
 def run_study(workdir: str, *, data: str = "synthetic", protocol: str = "study",
               runlocal: bool = False, methods=METHODS, resnet: str = "",
               vgg_face_weights: str = "", dataset: str = "", data_dir: str = "",
-              manual_dir: str = "", neural_overrides=None, num_samples: int = 1000,
-              seed: int = 0) -> dict:
+              manual_dir: str = "", neural_overrides=None, lopo_folds: int = 0,
+              num_samples: int = 1000, seed: int = 0) -> dict:
     """Runs the missing runs of the study in ``workdir`` and writes study.md/csv/png/json.
 
     Args (see `plan` and `make_config` for the others):
@@ -296,14 +304,14 @@ def run_study(workdir: str, *, data: str = "synthetic", protocol: str = "study",
     from fgmask_jax.data import pipeline
 
     t_study = time.perf_counter()
-    runs, notes = plan(data, protocol, runlocal=runlocal, methods=methods, resnet=resnet,
-                       vgg_face_weights=vgg_face_weights)
-    if not runs:
-        raise ValueError("nothing to run: " + "; ".join(notes))
+    runs = plan(data, protocol, runlocal=runlocal, methods=methods, resnet=resnet,
+                vgg_face_weights=vgg_face_weights)
+    notes = []
     os.makedirs(workdir, exist_ok=True)
     previous = _read_json(os.path.join(workdir, "study.json")).get("runs", {})
     configs = [make_config(r, dataset=dataset, data_dir=data_dir, manual_dir=manual_dir,
-                           neural_overrides=neural_overrides) for r in runs]
+                           neural_overrides=neural_overrides, lopo_folds=lopo_folds)
+               for r in runs]
     built = set()
     records = {}
     for run, config in zip(runs, configs, strict=True):
@@ -533,7 +541,7 @@ def define_flags() -> None:
                       "Which data: the FGNET-MASK set or the synthetic one.")
     flags.DEFINE_enum("protocol", "study", list(PROTOCOLS),
                       "study: the study's random image split; subject: subject-disjoint; "
-                      "lopo: leave persons out (classical methods only).")
+                      "lopo: leave persons out (one model per fold of persons).")
     flags.DEFINE_string("workdir", None,
                         "The study's folder; each run in WORKDIR/<method>[/<task>].")
     flags.DEFINE_bool("runlocal", False, "Pass the runlocal variant to every config and shorten "
@@ -549,6 +557,9 @@ def define_flags() -> None:
                         "end to end.")
     flags.DEFINE_multi_string("neural_override", [], "KEY=VALUE set on every neural config "
                               "(after --runlocal's shortening), e.g. num_epochs=2.")
+    flags.DEFINE_integer("lopo_folds", 0, "--protocol=lopo: folds of persons for every method "
+                         "(0: each config's own: one per person for the classical methods, 10 "
+                         "for the neural ones, 5 for all under --runlocal).")
     flags.DEFINE_integer("num_samples", 1000, "Bootstrap samples of persons.")
     flags.DEFINE_integer("seed", 0, "Seed of the bootstrap.")
 
@@ -571,7 +582,7 @@ def main(argv):
                         methods=tuple(f.methods), resnet=f.resnet,
                         vgg_face_weights=f.vgg_face_weights, data_dir=f.data_dir,
                         manual_dir=f.manual_dir, neural_overrides=overrides,
-                        num_samples=f.num_samples, seed=f.seed)
+                        lopo_folds=f.lopo_folds, num_samples=f.num_samples, seed=f.seed)
     except ValueError as e:
         raise SystemExit(f"fgmask_jax.study: {e}") from None
     print(f"study: {len(out['runs'])} runs ({sum(r['status'] == 'ran' for r in out['runs'])} "

@@ -275,8 +275,9 @@ def _flat(results: dict[str, dict], prefix: str) -> dict[str, float]:
 
 
 def fit_val_indices(labels: dict[str, np.ndarray], config) -> tuple[np.ndarray, np.ndarray]:
-    """The training split carved into fit and validation, by person under protocol=subject."""
-    if config.protocol == "subject":
+    """The training examples carved into fit and validation (by person under subject and
+    lopo): indices into ``labels``' arrays."""
+    if config.protocol in ("subject", "lopo"):
         return splits.subject_split(labels["subject_id"], config.seed, config.val_fraction)
     return splits.study_split(len(labels["subject_id"]), config.seed, config.val_fraction)
 
@@ -316,8 +317,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
     """Trains, early-stops on the validation subset, then reports on the test split.
 
     Resumes from ``workdir``'s latest good checkpoint if there is one, else
-    starts from ``config.init_from`` if set, else from scratch. Returns
-    {"test": {task: summary}, "val": {...}, "steps": int}.
+    starts from ``config.init_from`` if set, else from scratch. Under
+    ``protocol=lopo`` it trains one model per fold of persons (`train_lopo`).
+    Returns {"test": {task: summary}, "validation": {...}, "steps": int, "best_step": int}.
+    """
+    if config.protocol == "lopo":
+        return train_lopo(config, workdir, mesh)
+    train_name, test_name = pipeline.split_names(config.protocol)
+    train_source = pipeline.open_split(config.dataset, train_name, pipeline.data_dir(config))
+    test_source = pipeline.open_split(config.dataset, test_name, pipeline.data_dir(config))
+    return fit_and_test(config, workdir, train_source, np.arange(len(train_source)),
+                        test_source, np.arange(len(test_source)), mesh=mesh,
+                        test_name=f"{test_name} split")
+
+
+def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
+                 train_indices: np.ndarray, test_source, test_indices: np.ndarray, *,
+                 mesh=None, test_name: str = "test split") -> dict:
+    """One model: trained on ``train_source[train_indices]`` (less a validation subset that
+    early-stops it), then tested once on ``test_source[test_indices]``.
+
+    ``test_name`` says in the log and report what was tested. Returns as
+    `train_and_evaluate`.
     """
     mesh = mesh or make_mesh()
     is_main = jax.process_index() == 0
@@ -326,10 +347,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
         logging.info("runlocal: a shrunk run for a laptop CPU (image_size=%d, %s epochs)",
                      config.image_size, config.num_epochs)
 
-    train_name, test_name = pipeline.split_names(config.protocol)
-    train_source = pipeline.open_split(config.dataset, train_name, pipeline.data_dir(config))
-    test_source = pipeline.open_split(config.dataset, test_name, pipeline.data_dir(config))
-    fit, val = fit_val_indices(pipeline.read_labels(train_source), config)
+    train_indices = np.asarray(train_indices)
+    labels = pipeline.read_labels(train_source)
+    fit, val = fit_val_indices({k: v[train_indices] for k, v in labels.items()}, config)
+    fit, val = train_indices[fit], train_indices[val]
     steps_per_epoch = len(fit) // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(
@@ -339,7 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
     eval_every = config.eval_every_steps or steps_per_epoch
     ckpt_every = config.checkpoint_every_steps or steps_per_epoch
     logging.info("%s/%s: %d fit, %d val, %d test examples; %d steps of %d on %d devices",
-                 config.dataset, config.protocol, len(fit), len(val), len(test_source),
+                 config.dataset, config.protocol, len(fit), len(val), len(test_indices),
                  total_steps, config.batch_size, mesh.size)
 
     model = make_model(config)
@@ -432,15 +453,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
         state, _ = best_ckpt.restore(best_ckpt.latest_step(), checkpointing.abstract_like(state))
     best_ckpt.close()
     sections = {
-        "test": evaluate(steps, state, test_source, np.arange(len(test_source)), config,
+        "test": evaluate(steps, state, test_source, test_indices, config,
                          os.path.join(workdir, "predictions.npz")),
         "validation": evaluate(steps, state, train_source, val, config),
     }
     writer.write(int(meta["step"]), _flat(sections["test"], "test"))
     writer.close()
-    logging.info("Test metrics (%s split, best validation model):\n%s", test_name,
+    logging.info("Test metrics (%s, best validation model):\n%s", test_name,
                  report_lib.format_table(sections["test"]))
     if is_main:
+        # predictions.npz is written first: a folder with results.json is a finished run.
         with (epath.Path(workdir) / "results.json").open("w") as f:
             json.dump({"best_step": meta["best_step"], "steps": int(meta["step"]), **sections},
                       f, indent=1)
@@ -450,13 +472,90 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
             sections,
             notes=[
                 f"tasks: {', '.join(config.tasks)}; image size {config.image_size}; "
-                f"batch {config.batch_size} on {mesh.size} devices",
+                f"batch {config.batch_size} on {mesh.size} devices; tested on the {test_name}",
                 f"trained {meta['step']} steps; best validation at step {meta['best_step']} "
-                f"({config.early_stopping_metric}); the test split was read once, by that model",
+                f"({config.early_stopping_metric}); the test examples were read once, by that "
+                "model",
                 "majority rate: the accuracy of always answering the most frequent true class",
             ],
         )
     return {"steps": int(meta["step"]), "best_step": meta["best_step"], **sections}
+
+
+def train_lopo(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict:
+    """Leave persons out: one model per fold of persons, trained on every other image.
+
+    The folds (`splits.person_folds` over all images, ``config.lopo_folds`` of
+    them) are the classical methods' folds for the same seed. Fold ``k`` runs
+    `fit_and_test` in ``workdir/fold_<k>`` (so an interrupted fold resumes from its
+    checkpoints, and a finished one, with results.json, is not run again). Every
+    image is then predicted once, by a model that never saw its person; the
+    pooled ``predictions.npz``, ``results.json`` and ``report.md`` go in ``workdir``.
+
+    Returns {"test": {task: pooled summary, with the mean test loss}, "folds":
+    [each fold's `fit_and_test` result], "steps": total steps over the folds}.
+    """
+    mesh = mesh or make_mesh()
+    writers.write_config(workdir, config)
+    split, _ = pipeline.split_names("lopo")
+    source = pipeline.open_split(config.dataset, split, pipeline.data_dir(config))
+    folds = splits.person_folds(pipeline.read_labels(source)["subject_id"], config.lopo_folds,
+                                config.seed)
+    width = len(str(len(folds)))
+    fold_results, arrays = [], []
+    for k, (train_ix, test_ix) in enumerate(folds, 1):
+        folder = os.path.join(workdir, f"fold_{k:0{width}d}")
+        results_path = epath.Path(folder) / "results.json"
+        if jax.process_count() > 1:  # every process sees the same finished folds
+            multihost_utils.sync_global_devices(f"fgmask_jax lopo fold {k}")
+        if results_path.exists():
+            logging.info("lopo: %s is finished; not run again", folder)
+            results = json.loads(results_path.read_text())
+        else:
+            logging.info("lopo: fold %d of %d: %d training, %d test images", k, len(folds),
+                         len(train_ix), len(test_ix))
+            results = fit_and_test(config, folder, source, train_ix, source, test_ix,
+                                   mesh=mesh, test_name=f"persons of fold {k} of {len(folds)}")
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"fgmask_jax lopo fold {k} written")
+        with (epath.Path(folder) / "predictions.npz").open("rb") as f, np.load(f) as npz:
+            arrays.append({name: npz[name] for name in npz.files})
+        fold_results.append(results)
+
+    pooled = {name: np.concatenate([a[name] for a in arrays]) for name in arrays[0]}
+    test = {}
+    for t in config.tasks:
+        test[t] = metrics_lib.summarize(pooled[f"label_{t}"], pooled[f"pred_{t}"],
+                                        len(labels_lib.TASKS[t]))
+        # Each fold's loss is its mean over its images: weighted by them, the pooled mean.
+        test[t]["loss"] = float(sum(r["test"][t]["loss"] * r["test"][t]["n"]
+                                    for r in fold_results) / test[t]["n"])
+    steps = sum(int(r["steps"]) for r in fold_results)
+    if jax.process_index() == 0:
+        with (epath.Path(workdir) / "predictions.npz").open("wb") as f:
+            np.savez(f, **pooled)
+        with (epath.Path(workdir) / "results.json").open("w") as f:
+            json.dump({"steps": steps, "folds": len(folds), "test": test,
+                       "fold_test": [r["test"] for r in fold_results]}, f, indent=1)
+        writer = writers.MetricWriter(workdir)
+        writer.write(0, _flat(test, "test"))
+        writer.close()
+        report_lib.write_report(
+            workdir,
+            f"{config.model} on {config.dataset}, protocol=lopo",
+            {"test": test},
+            notes=[
+                f"tasks: {', '.join(config.tasks)}; image size {config.image_size}; "
+                f"batch {config.batch_size} on {mesh.size} devices",
+                f"leave-persons-out over {len(folds)} folds of persons: one model per fold, "
+                f"{steps} steps in all; each image predicted once, by the model that never "
+                "saw its person (each fold's report is in its fold_<k> folder)",
+                "majority rate: the accuracy of always answering the most frequent true class",
+            ],
+        )
+    logging.info("Test metrics (leave persons out, %d folds pooled):\n%s", len(folds),
+                 report_lib.format_table(test))
+    return {"steps": steps, "folds": fold_results, "test": test}
 
 
 def _check_finite(step: int, scalars: dict, ckpt: checkpointing.Checkpointer) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fgmask_jax import study
+from fgmask_jax.data import splits
 from fgmask_jax.evaluation import bootstrap, metrics
 
 TASKS = ("age_group", "gender", "expression")
@@ -79,17 +80,22 @@ def test_study_runs_writes_table_csv_plot_and_skips_finished_runs(small_data_dir
         [(r["method"], r["task"], r["metric"], r["value"]) for r in out["rows"]]
 
 
-def test_lopo_runs_the_classical_methods_over_every_image(small_data_dir, tmp_path):
+def test_lopo_runs_every_method_over_every_image_with_the_same_folds(small_data_dir, tmp_path):
     out = study.run_study(str(tmp_path), data="synthetic", protocol="lopo", runlocal=True,
                           methods=("lbp", "multitask_cnn"),
                           dataset="synthetic_masked_faces/small", data_dir=small_data_dir,
-                          num_samples=100)
-    assert [r["folder"] for r in out["runs"]] == ["lbp"]
-    assert not os.path.exists(tmp_path / "multitask_cnn")
-    assert {r["n"] for r in out["rows"]} == {60}  # every image predicted once
+                          neural_overrides=TINY, lopo_folds=2, num_samples=100)
+    assert [r["folder"] for r in out["runs"]] == ["lbp", "multitask_cnn"]
+    assert {r["n"] for r in out["rows"]} == {60}  # every image predicted once, by each method
+    # The neural method's folds test the persons the classical method's folds test.
+    everyone = np.load(tmp_path / "lbp" / "predictions.npz")["subject_id"]
+    expected = [set(everyone[test]) for _, test in splits.person_folds(everyone, 2, seed=0)]
+    tested = [set(np.load(tmp_path / "multitask_cnn" / f"fold_{k}" / "predictions.npz")
+                  ["subject_id"]) for k in (1, 2)]
+    assert tested == expected
     report = (tmp_path / "study.md").read_text()
     assert "protocol=lopo" in report and "leave persons out" in report
-    assert "multi-task CNN: not run; leave-persons-out runs the classical methods only" in report
+    assert "2 folds of persons" in report and "not run" not in report
 
 
 def _write_run(folder, rng, n_persons=12, per_person=5, error=0.3):
@@ -143,28 +149,26 @@ def test_predictions_of_another_run_are_refused(tmp_path):
         study.summarize_run(str(tmp_path / "a"), TASKS)
 
 
-def test_plan_names_runs_configs_and_the_methods_lopo_leaves_out(tmp_path):
-    runs, notes = study.plan("synthetic", "study", runlocal=True)
+def test_plan_names_runs_and_their_configs():
+    runs = study.plan("synthetic", "study", runlocal=True)
     assert [r.folder for r in runs] == [
         "lbp", "tiny_image", "vgg_face", "eigenface",
         *(f"single_task_cnn/{t}" for t in TASKS), *(f"single_task_resnet/{t}" for t in TASKS),
         "multitask_cnn", "multitask_resnet"]
-    assert not notes
     config = study.make_config(runs[-1])
     assert (config.model, config.runlocal, config.num_epochs) == ("resnet18", True, 8.0)
     vgg = study.make_config(runs[2])
     assert (vgg.model, vgg.image_size, vgg.num_epochs) == ("vgg16", 32, 2.0)
     assert study.make_config(runs[4]).tasks == ("age_group",)
-    full, _ = study.plan("fgnet_mask", "subject")
+    full = study.plan("fgnet_mask", "subject")
     config = study.make_config(full[-1])
     assert (config.model, config.protocol, config.dataset) == ("resnet152", "subject",
                                                                "fgnet_mask")
-    lopo, notes = study.plan("synthetic", "lopo", runlocal=True)
-    assert [r.folder for r in lopo] == ["lbp", "tiny_image", "eigenface"]
-    assert len(notes) == 5 and all("classical methods only" in n for n in notes)
-    assert study.make_config(lopo[0]).protocol == "lopo"
-    with pytest.raises(ValueError, match="nothing to run: multi-task CNN: not run"):
-        study.run_study(str(tmp_path), protocol="lopo", methods=("multitask_cnn",))
+    lopo = study.plan("synthetic", "lopo", runlocal=True)
+    assert [r.folder for r in lopo] == [r.folder for r in runs]
+    assert {study.make_config(r).protocol for r in lopo} == {"lopo"}
+    assert {study.make_config(r).lopo_folds for r in lopo} == {5}  # runlocal's, for all
+    assert {study.make_config(r, lopo_folds=7).lopo_folds for r in lopo} == {7}
     with pytest.raises(ValueError, match="choose from lbp"):
         study.plan("synthetic", "study", methods=("lbp", "svm"))
     with pytest.raises(ValueError, match="no key 'epochs'"):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fgmask_jax import checkpointing, config_lib, train
+from fgmask_jax.data import pipeline
 
 TASKS = ("age_group", "gender", "expression")
 
@@ -135,3 +136,44 @@ def test_damaged_latest_checkpoint_falls_back_to_the_one_before(small_data_dir, 
     assert any(n.startswith("6.damaged-") for n in os.listdir(tmp_path / "checkpoints"))
     # Rerunning the same command resumes from step 3 and finishes again.
     assert train.train_and_evaluate(config, str(tmp_path))["steps"] == 6
+
+
+def test_lopo_trains_one_model_per_fold_and_pools_every_image(small_data_dir, tmp_path,
+                                                             monkeypatch):
+    config = tiny_config(small_data_dir, protocol="lopo", lopo_folds=3, num_train_steps=2,
+                         eval_every_steps=2, checkpoint_every_steps=2)
+    real_fit_and_test, calls = train.fit_and_test, []
+
+    def recording_fit_and_test(config, workdir, train_source, train_ix, test_source, test_ix,
+                               **kwargs):
+        subjects = pipeline.read_labels(train_source)["subject_id"]
+        calls.append((subjects[train_ix], subjects[test_ix]))
+        return real_fit_and_test(config, workdir, train_source, train_ix, test_source,
+                                 test_ix, **kwargs)
+
+    monkeypatch.setattr(train, "fit_and_test", recording_fit_and_test)
+    results = train.train_and_evaluate(config, str(tmp_path))
+
+    assert len(calls) == 3
+    for train_subjects, test_subjects in calls:  # no person on both sides of a fold
+        assert not set(train_subjects) & set(test_subjects)
+        assert len(train_subjects) + len(test_subjects) == 60
+    assert sorted(np.concatenate([t for _, t in calls]).tolist()) == \
+        sorted(np.concatenate(calls[0]).tolist())  # every image tested exactly once
+    pooled = np.load(tmp_path / "predictions.npz")
+    assert len(pooled["subject_id"]) == 60
+    for task in TASKS:
+        r = results["test"][task]
+        assert r["n"] == 60 and np.isfinite(r["loss"])
+        assert r["accuracy"] == np.mean(pooled[f"label_{task}"] == pooled[f"pred_{task}"])
+        assert sum(f["test"][task]["n"] for f in results["folds"]) == 60
+    assert results["steps"] == 6
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["folds"] == 3 and saved["test"]["gender"]["n"] == 60
+    assert "leave-persons-out over 3 folds" in (tmp_path / "report.md").read_text()
+
+    # Run again: the finished folds are read back, not trained again.
+    calls.clear()
+    again = train.train_and_evaluate(config, str(tmp_path))
+    assert not calls
+    assert again["test"] == results["test"]

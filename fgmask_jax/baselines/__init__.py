@@ -17,7 +17,6 @@ from fgmask_jax import config_lib
 from fgmask_jax.data import labels as labels_lib
 
 METHODS = ("lbp", "tiny_image", "eigenface", "vgg_face")
-PROTOCOLS = (*config_lib.PROTOCOLS, "lopo")
 
 
 def classical_config(arg: str | None, method: str, size: int,
@@ -35,7 +34,7 @@ def classical_config(arg: str | None, method: str, size: int,
     v = config_lib.parse_arg(arg, data="fgnet_mask", protocol="study", size=size,
                              runlocal=False, **variants)
     for name, value, valid in (("data", v.data, config_lib.DATASETS),
-                               ("protocol", v.protocol, PROTOCOLS)):
+                               ("protocol", v.protocol, config_lib.PROTOCOLS)):
         if value not in valid:
             raise ValueError(f"config variant {name}={value!r} is not one of: {', '.join(valid)}")
     c = ml_collections.ConfigDict()

@@ -93,14 +93,7 @@ def fold_features(config, train_x: np.ndarray, test_x: np.ndarray):
 def folds(config, subject_ids: np.ndarray, is_test: np.ndarray):
     """(train, test) index pairs over all loaded examples for config.protocol."""
     if config.protocol == "lopo":
-        persons = len(np.unique(subject_ids))
-        n = config.lopo_folds or persons
-        if not 2 <= n <= persons:
-            raise ValueError(
-                f"config.lopo_folds={config.lopo_folds}: need 2..{persons} (the number of "
-                "persons), or 0 for one fold per person"
-            )
-        return list(splits.person_folds(subject_ids, n, config.seed))
+        return splits.person_folds(subject_ids, config.lopo_folds, config.seed)
     return [(np.flatnonzero(~is_test), np.flatnonzero(is_test))]
 
 

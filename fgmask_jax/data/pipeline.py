@@ -45,8 +45,9 @@ def data_dir(config) -> str:
 
 
 def split_names(protocol: str) -> tuple[str, str]:
-    """(train, test) split names of a protocol: study or subject."""
-    return {"study": ("train", "test"), "subject": ("subject_train", "subject_test")}[protocol]
+    """(train, test) split names of a protocol; lopo's folds are drawn from every image."""
+    return {"study": ("train", "test"), "subject": ("subject_train", "subject_test"),
+            "lopo": ("train+test", "train+test")}[protocol]
 
 
 def open_split(dataset: str, split: str, data_dir: str | None):

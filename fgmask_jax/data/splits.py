@@ -1,7 +1,8 @@
-"""The two protocols' splits: the study's random image split and a subject-disjoint one.
+"""The protocols' splits: the study's random image split, a subject-disjoint one and
+leave-persons-out folds.
 
-Both are pure functions of the examples' keys and a seed, so a builder, a
-pipeline and a test all get the same split.
+All are pure functions of the examples' keys and a seed, so a builder, a
+pipeline, every method and a test all get the same split.
 """
 
 from __future__ import annotations
@@ -45,13 +46,28 @@ def subject_split(
     return np.flatnonzero(~in_test), np.flatnonzero(in_test)
 
 
-def person_folds(subject_ids: Sequence[int] | np.ndarray, n_folds: int, seed: int = SEED):
-    """Leave-persons-out folds: yields (train, test) index arrays, each person tested once.
+def person_folds(
+    subject_ids: Sequence[int] | np.ndarray, n_folds: int = 0, seed: int = SEED
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Leave-persons-out folds: (train, test) index arrays, each person tested once.
 
-    ``n_folds`` equal to the number of persons is leave-one-person-out.
+    ``n_folds`` persons' groups of (nearly) equal size; 0, or the number of
+    persons, is leave-one-person-out. The groups depend only on the set of
+    persons and ``seed``, so every method given the same data gets the same folds.
+
+    Raises:
+      ValueError: ``n_folds`` is 1, negative or more than the number of persons.
     """
     subject_ids = np.asarray(subject_ids)
     persons = np.random.default_rng(seed).permutation(np.unique(subject_ids))
+    n_folds = n_folds or len(persons)
+    if not 2 <= n_folds <= len(persons):
+        raise ValueError(
+            f"lopo_folds={n_folds}: need 2..{len(persons)} folds (the number of persons), "
+            "or 0 for one fold per person"
+        )
+    folds = []
     for fold in np.array_split(persons, n_folds):
         in_test = np.isin(subject_ids, fold)
-        yield np.flatnonzero(~in_test), np.flatnonzero(in_test)
+        folds.append((np.flatnonzero(~in_test), np.flatnonzero(in_test)))
+    return folds
