@@ -172,12 +172,15 @@ def make_config(run: Run, *, dataset: str = "", data_dir: str = "", manual_dir: 
 
     ``dataset`` (e.g. ``synthetic_masked_faces/small``) replaces the config's dataset;
     ``neural_overrides`` ({key: value}) applies to the neural runs after the study's own;
-    ``lopo_folds`` > 0 sets every run's folds of persons (0 keeps each config's).
+    ``lopo_folds``: under protocol=lopo, the folds of persons of every run, so that all
+    methods are tested on the same folds; 0 -> the neural configs' default (10, or 5
+    under runlocal), where a classical config alone would take one fold per person.
     """
     config = config_lib.load(run.spec)
     apply_overrides(config, run.overrides)
-    if lopo_folds:
-        config.lopo_folds = lopo_folds
+    if config.protocol == "lopo":
+        config.lopo_folds = lopo_folds or config_lib.neural_config(
+            "runlocal" if config.runlocal else "", tasks=TASKS).lopo_folds
     if is_neural(config) and neural_overrides:
         apply_overrides(config, neural_overrides)
     if dataset:
@@ -557,9 +560,8 @@ def define_flags() -> None:
                         "end to end.")
     flags.DEFINE_multi_string("neural_override", [], "KEY=VALUE set on every neural config "
                               "(after --runlocal's shortening), e.g. num_epochs=2.")
-    flags.DEFINE_integer("lopo_folds", 0, "--protocol=lopo: folds of persons for every method "
-                         "(0: each config's own: one per person for the classical methods, 10 "
-                         "for the neural ones, 5 for all under --runlocal).")
+    flags.DEFINE_integer("lopo_folds", 0, "--protocol=lopo: folds of persons, the same for "
+                         "every method (0: 10, or 5 under --runlocal).")
     flags.DEFINE_integer("num_samples", 1000, "Bootstrap samples of persons.")
     flags.DEFINE_integer("seed", 0, "Seed of the bootstrap.")
 

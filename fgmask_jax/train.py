@@ -499,8 +499,8 @@ def train_lopo(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> di
     writers.write_config(workdir, config)
     split, _ = pipeline.split_names("lopo")
     source = pipeline.open_split(config.dataset, split, pipeline.data_dir(config))
-    folds = splits.person_folds(pipeline.read_labels(source)["subject_id"], config.lopo_folds,
-                                config.seed)
+    subject_ids = pipeline.read_labels(source)["subject_id"]
+    folds = splits.person_folds(subject_ids, config.lopo_folds, config.seed)
     width = len(str(len(folds)))
     fold_results, arrays = [], []
     for k, (train_ix, test_ix) in enumerate(folds, 1):
@@ -520,6 +520,12 @@ def train_lopo(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> di
             multihost_utils.sync_global_devices(f"fgmask_jax lopo fold {k} written")
         with (epath.Path(folder) / "predictions.npz").open("rb") as f, np.load(f) as npz:
             arrays.append({name: npz[name] for name in npz.files})
+        if not np.array_equal(np.sort(arrays[-1]["subject_id"]), np.sort(subject_ids[test_ix])):
+            raise ValueError(
+                f"{folder} tested other persons than fold {k} of {len(folds)} holds: it was run "
+                "with other folds (config.lopo_folds, config.seed or the data changed). Use a "
+                f"new workdir, or delete {workdir}/fold_* to train every fold again."
+            )
         fold_results.append(results)
 
     pooled = {name: np.concatenate([a[name] for a in arrays]) for name in arrays[0]}

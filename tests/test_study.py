@@ -169,6 +169,9 @@ def test_plan_names_runs_and_their_configs():
     assert {study.make_config(r).protocol for r in lopo} == {"lopo"}
     assert {study.make_config(r).lopo_folds for r in lopo} == {5}  # runlocal's, for all
     assert {study.make_config(r, lopo_folds=7).lopo_folds for r in lopo} == {7}
+    # Without runlocal the classical configs alone take one fold per person; the study
+    # gives every method the neural default, so that all are tested on the same folds.
+    assert {study.make_config(r).lopo_folds for r in study.plan("synthetic", "lopo")} == {10}
     with pytest.raises(ValueError, match="choose from lbp"):
         study.plan("synthetic", "study", methods=("lbp", "svm"))
     with pytest.raises(ValueError, match="no key 'epochs'"):

@@ -177,3 +177,8 @@ def test_lopo_trains_one_model_per_fold_and_pools_every_image(small_data_dir, tm
     again = train.train_and_evaluate(config, str(tmp_path))
     assert not calls
     assert again["test"] == results["test"]
+    # Other folds in the same workdir would pool the wrong images: refused, before training.
+    config.lopo_folds = 2
+    with pytest.raises(ValueError, match=r"fold_1 tested other persons .* delete .*/fold_\*"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert not calls
