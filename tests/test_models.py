@@ -168,18 +168,20 @@ def uses_native_conv(fn, *args):
 
 
 @pytest.mark.parametrize(
-    "size, strides, padding, routed",
+    "size, kernel, strides, padding, routed",
     [
-        (2, (1, 1), "SAME", True),  # ResNet's last stage at 64 px
-        (8, (2, 2), ((1, 1), (1, 1)), True),  # 4x4 output: still small
-        (5, (2, 2), "VALID", True),
-        (16, (1, 1), ((1, 1), (1, 1)), False),  # large: the native conv
+        (2, (3, 3), (1, 1), "SAME", True),  # ResNet's last stage at 64 px
+        (8, (3, 3), (2, 2), ((1, 1), (1, 1)), True),  # 4x4 output: still small
+        (5, (3, 3), (2, 2), "VALID", True),
+        (16, (3, 3), (1, 1), ((1, 1), (1, 1)), False),  # large: the native conv
+        (16, (1, 1), (1, 1), "SAME", True),  # 1x1: a matrix product at any size
+        (15, (1, 1), (2, 2), "SAME", True),  # ResNet's strided 1x1 downsample
     ],
 )
-def test_fast_conv_equals_flax_conv(size, strides, padding, routed):
+def test_fast_conv_equals_flax_conv(size, kernel, strides, padding, routed):
     x = jax.random.normal(jax.random.key(1), (3, size, size, 6))
-    fast = Conv(5, (3, 3), strides=strides, padding=padding)
-    reference = nn.Conv(5, (3, 3), strides=strides, padding=padding)
+    fast = Conv(5, kernel, strides=strides, padding=padding)
+    reference = nn.Conv(5, kernel, strides=strides, padding=padding)
     variables = fast.init(KEY, x)
     # Same names, shapes and initial values: variables move between the two.
     jax.tree.map(np.testing.assert_array_equal, variables, reference.init(KEY, x))

@@ -4,8 +4,12 @@ XLA:CPU's native convolution runs a 3x3 conv on a map of a few pixels at about
 3 GFLOP/s: one 512-channel conv on ResNet's 2x2 last-stage maps (64 px input,
 batch 32) takes about 500 ms forward and backward. The same conv written as
 "gather the 3x3 neighbourhoods, then one matrix product" takes about 10 ms,
-while on maps of 8x8 and larger the native conv wins. `Conv` picks per call,
-from static shapes, so one model runs each of its convs the fast way.
+while on maps of 8x8 and larger the native conv wins. A 1x1 conv is a matrix
+product at any map size; written as one, forward and backward take up to 2x
+less time than the native conv, and ResNet-152's train step (two of the three
+convs of each block are 1x1) runs 1.9x faster at 64 px and 2.4x at 112 px.
+`Conv` picks per call, from static shapes, so one model runs each of its convs
+the fast way.
 `max_pool` does the same for pooling, whose native gradient is slow on CPU.
 """
 
@@ -97,9 +101,9 @@ class Conv(nn.Module):
 
     Parameters are "kernel" float[kh, kw, C_in, features] (HWIO) and, with
     `use_bias`, "bias" float[features], initialised as nn.Conv does, so variables
-    move between the two unchanged. Convs whose kernel is larger than 1x1 and
-    whose output map has at most `small_map_pixels` pixels run as
-    `conv_as_matmul`; all others run XLA's native convolution.
+    move between the two unchanged. 1x1 convs, and convs whose output map has at
+    most `small_map_pixels` pixels, run as `conv_as_matmul`; all others run XLA's
+    native convolution.
 
     Attributes:
       features: output channels.
@@ -111,8 +115,8 @@ class Conv(nn.Module):
       param_dtype: parameter dtype.
       precision: precision of the conv or matrix product.
       kernel_init, bias_init: initialisers.
-      small_map_pixels: largest output map (out_h * out_w) computed as patches +
-        matmul; 0 keeps the native conv everywhere.
+      small_map_pixels: largest output map (out_h * out_w) of a conv larger than
+        1x1 computed as patches + matmul; 0 keeps such convs native everywhere.
     """
 
     features: int
@@ -146,7 +150,7 @@ class Conv(nn.Module):
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         padding = self.padding if isinstance(self.padding, str) else tuple(self.padding)
         out_h, out_w = conv_output_size(x.shape[1:3], kernel_size, strides, padding)
-        if kernel_size != (1, 1) and out_h * out_w <= self.small_map_pixels:
+        if kernel_size == (1, 1) or out_h * out_w <= self.small_map_pixels:
             y = conv_as_matmul(x, kernel, strides, padding, self.precision)
         else:
             y = lax.conv_general_dilated(
