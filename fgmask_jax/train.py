@@ -240,12 +240,9 @@ def evaluate(steps: Steps, state: TrainState, source, indices, config,
     out = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     mask = out["mask"]
     if predictions_path and jax.process_index() == 0:
-        arrays = {"subject_id": out["subject_id"][mask].astype(np.int64)}
-        for t in config.tasks:
-            arrays[f"label_{t}"] = out[f"label_{t}"][mask].astype(np.int64)
-            arrays[f"pred_{t}"] = out[f"pred_{t}"][mask].astype(np.int64)
-        with epath.Path(predictions_path).open("wb") as f:
-            np.savez(f, **arrays)
+        writers.write_predictions(predictions_path, out["subject_id"][mask],
+                                  {t: out[f"label_{t}"][mask] for t in config.tasks},
+                                  {t: out[f"pred_{t}"][mask] for t in config.tasks})
     results = {}
     for t in config.tasks:
         y, pred = out[f"label_{t}"][mask], out[f"pred_{t}"][mask]

@@ -157,13 +157,11 @@ def run_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                     len(labels_lib.TASKS[task]))
         for task in config.tasks
     }
-    if is_main:
-        arrays = {"subject_id": data["subject_id"][tested].astype(np.int64)}
-        for t in config.tasks:
-            arrays[f"label_{t}"] = data[t][tested].astype(np.int64)
-            arrays[f"pred_{t}"] = predictions[t][tested]
-        with (epath.Path(workdir) / "predictions.npz").open("wb") as f:
-            np.savez(f, **arrays)  # before results.json: a finished run has both
+    if is_main:  # predictions before results.json: a finished run has both
+        writers.write_predictions(os.path.join(workdir, "predictions.npz"),
+                                  data["subject_id"][tested],
+                                  {t: data[t][tested] for t in config.tasks},
+                                  {t: predictions[t][tested] for t in config.tasks})
         _write(config, workdir, results, selection, len(fold_list))
     return {"test": results, "selection": selection, "folds": len(fold_list)}
 

@@ -1,5 +1,5 @@
 """What a run writes beside its checkpoints: the config, metrics (JSONL and TensorBoard event
-files, without TensorFlow), and a quieter log."""
+files, without TensorFlow), per-image predictions, and a quieter log."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging as std_logging
 import os
 
 import jax
+import numpy as np
 from absl import logging
 from etils import epath
 from tensorboardX import SummaryWriter
@@ -46,6 +47,17 @@ def write_config(workdir: str, config) -> None:
         epath.Path(workdir).mkdir(parents=True, exist_ok=True)
         with (epath.Path(workdir) / "config.json").open("w") as f:
             f.write(config.to_json_best_effort(indent=2))
+
+
+def write_predictions(path: str, subject_id, labels: dict, predictions: dict) -> None:
+    """Saves per-image test outputs as .npz: ``subject_id``, ``label_<task>`` and
+    ``pred_<task>`` (int64[N]), the file the study's person bootstrap reads."""
+    arrays = {"subject_id": np.asarray(subject_id, np.int64)}
+    for task in labels:
+        arrays[f"label_{task}"] = np.asarray(labels[task], np.int64)
+        arrays[f"pred_{task}"] = np.asarray(predictions[task], np.int64)
+    with epath.Path(path).open("wb") as f:
+        np.savez(f, **arrays)
 
 
 def _quiet_libraries(record) -> bool:
