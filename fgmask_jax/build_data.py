@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
+import os
 
 import tensorflow_datasets as tfds
-from absl import app, flags
+from absl import flags
 from etils import epath
+
+from fgmask_jax import cli
 
 DATASETS = ("fgnet_mask", "synthetic_masked_faces")
 FILE_FORMATS = ("array_record", "tfrecord")
@@ -83,15 +85,48 @@ def build(
         )
         return builder
     print(f"Building {builder.info.full_name} into {builder.data_path} ...", flush=True)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=str(epath.Path(manual_dir).expanduser()) if manual_dir else None
-        ),
-        file_format=file_format,
-    )
+    root = str(epath.Path(data_dir).expanduser())
+    existed = _folders(root)
+    tfds.display_progress_bar(False)  # its nested bars flood logs and hide errors
+    try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=str(epath.Path(manual_dir).expanduser()) if manual_dir else None
+            ),
+            file_format=file_format,
+        )
+    except BaseException:
+        _remove_new_empty_folders(root, existed)  # a failed build leaves nothing behind
+        raise
     splits = ", ".join(f"{s} {i.num_examples}" for s, i in builder.info.splits.items())
     print(f"Built {builder.info.full_name} at {builder.data_path}: {splits}.", flush=True)
     return builder
+
+
+def build_or_explain(name: str, data_dir: str, manual_dir: str | None = None,
+                     file_format: str = "array_record"):
+    """`build`, with the user's problems (a missing or bad archive, no TensorFlow for
+    tfrecord) as `cli.UserError`."""
+    fgnet_mask = _register("fgnet_mask")
+    try:
+        return build(name, data_dir, manual_dir, file_format)
+    except (FileNotFoundError, ModuleNotFoundError, fgnet_mask.ArchiveError) as e:
+        raise cli.UserError(str(e)) from None
+
+
+def _folders(root: str) -> set[str]:
+    if "://" in root or not os.path.isdir(root):
+        return set()
+    return {dirpath for dirpath, _, _ in os.walk(root)}
+
+
+def _remove_new_empty_folders(root: str, existed: set[str]) -> None:
+    """Removes the empty folders under (and including) ``root`` that were not in ``existed``."""
+    if "://" in root or not os.path.isdir(root):
+        return
+    for dirpath, _, _ in sorted(os.walk(root, topdown=False), key=lambda w: -len(w[0])):
+        if dirpath not in existed and not os.listdir(dirpath):
+            os.rmdir(dirpath)
 
 
 def define_flags() -> None:
@@ -118,20 +153,16 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     args = flags.FLAGS
     try:
         check_name(args.dataset)
     except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    fgnet_mask = _register("fgnet_mask")
-    try:
-        build(args.dataset, args.data_dir, args.manual_dir, args.file_format)
-    except (FileNotFoundError, ModuleNotFoundError, fgnet_mask.ArchiveError) as e:
-        # Problems with the user's files or set-up: the message says what to do; no traceback.
-        sys.exit(f"build_data: {e}")
+        raise cli.UserError(str(e)) from None
+    build_or_explain(args.dataset, cli.absolute(args.data_dir), cli.absolute(args.manual_dir),
+                     args.file_format)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main, prog="fgmask_jax.build_data")

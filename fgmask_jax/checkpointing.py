@@ -6,7 +6,10 @@ writes each step into a temporary folder and renames it when complete, so a
 save cut short is never listed; a listed checkpoint whose files were damaged
 afterwards fails to restore, and `restore_latest` then moves it aside (renamed
 ``<step>.damaged-<time>``, kept for inspection) and falls back to the one before
-it, with a warning. Every process calls every method (multi-host).
+it, with a warning. Saving a step that is already there replaces it (a resumed run
+passes again the steps after the one it resumed from). A background save that fails
+stops the run at the next `save`, `check` or `wait` with a `CheckpointError` naming
+the folder. Every process calls every method (multi-host).
 """
 
 from __future__ import annotations
@@ -21,10 +24,16 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 
+class CheckpointError(RuntimeError):
+    """Checkpoints that cannot be written or read; the message names the folder."""
+
+
 class Checkpointer:
     """Checkpoints of one run in ``directory`` (a local path or a ``gs://`` URL)."""
 
     def __init__(self, directory: str, max_to_keep: int | None = 3):
+        if "://" not in directory:  # Orbax takes absolute paths only
+            directory = os.path.abspath(os.path.expanduser(directory))
         self.directory = directory
         # Processes meet at named barriers while saving; the folder's name keeps two
         # managers of one run (latest and best) that save the same step apart.
@@ -47,7 +56,11 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, state, meta: dict) -> None:
-        """Saves ``state`` and ``meta`` at ``step`` (asynchronously; `wait` to finish)."""
+        """Saves ``state`` and ``meta`` at ``step`` (asynchronously; `wait` to finish),
+        replacing a checkpoint of that step if there is one."""
+        self.check()
+        if step in self._manager.all_steps():
+            self._manager.delete(step)
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -85,7 +98,7 @@ class Checkpointer:
                 logging.warning("Checkpoint %s does not restore (%s); moved it to %s and "
                                 "trying the one before.", path, reason, aside)
         if failures:
-            raise RuntimeError(
+            raise CheckpointError(
                 "No checkpoint in {} restores:\n  {}\nMove the folder away to start over.".format(
                     self.directory, "\n  ".join(failures)
                 )
@@ -102,11 +115,37 @@ class Checkpointer:
         self._manager.reload()
         return str(aside)
 
+    def delete_after(self, step: int) -> list[int]:
+        """Deletes the checkpoints newer than ``step``; returns their steps."""
+        newer = [s for s in self.all_steps() if s > step]
+        for s in newer:
+            self._manager.delete(s)
+        return newer
+
+    def check(self) -> None:
+        """Raises `CheckpointError` if a background save has failed."""
+        try:
+            self._manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001 - any failure of a save stops the run
+            raise self._save_failed(e) from e
+
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        """Blocks until the saves in flight are written; `CheckpointError` if one failed."""
+        try:
+            self._manager.wait_until_finished()
+            self._manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001
+            raise self._save_failed(e) from e
+
+    def _save_failed(self, e: Exception) -> CheckpointError:
+        return CheckpointError(
+            f"saving a checkpoint in {self.directory} failed ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:300]}). Check that the folder is writable and has "
+            "space, then rerun the same command: it resumes from the last checkpoint written."
+        )
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        self.wait()
         self._manager.close()
 
 

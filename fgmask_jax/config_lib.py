@@ -8,7 +8,9 @@ error that lists the valid ones.
 
 from __future__ import annotations
 
+import glob
 import importlib.util
+import os
 
 import ml_collections
 
@@ -16,8 +18,17 @@ from fgmask_jax.data import labels as labels_lib
 
 DATASETS = {"fgnet_mask": "fgnet_mask", "synthetic": "synthetic_masked_faces"}
 PROTOCOLS = ("study", "subject", "lopo")
+OPTIMIZERS = ("sgd", "adamw")
+SELECTION_METRICS = ("loss", "accuracy")
+# The configs/ folder of a source checkout (configs are files, not part of the package).
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "configs")
 MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "cnn", "vgg16",
           "resnet_tiny")
+
+
+class ConfigError(ValueError):
+    """A config file, variant, key or value that does not exist or does not fit."""
 
 
 def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
@@ -31,20 +42,21 @@ def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
         key, eq, value = item.partition("=")
         key = key.strip()
         if key not in spec:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown config variant {key!r} in {arg!r}; valid: {', '.join(sorted(spec))}"
             )
         default = spec[key]
         if not eq:
             if not isinstance(default, bool):
-                raise ValueError(f"config variant {key!r} needs a value: {key}=...")
+                raise ConfigError(f"config variant {key!r} needs a value: {key}=...")
             result[key] = True
         elif isinstance(default, bool):
             result[key] = value.lower() in ("1", "true", "yes")
-        elif isinstance(default, int):
-            result[key] = int(value)
-        elif isinstance(default, float):
-            result[key] = float(value)
+        elif isinstance(default, int | float):
+            try:
+                result[key] = type(default)(value)
+            except ValueError:
+                raise ConfigError(f"config variant {key}={value!r} is not a number") from None
         else:
             result[key] = value
     return ml_collections.ConfigDict(result)
@@ -64,7 +76,7 @@ def split_variant(arg: str | None, key: str, default: str) -> tuple[str, str]:
 
 def _choice(name: str, value: str, valid) -> str:
     if value not in valid:
-        raise ValueError(f"config variant {name}={value!r} is not one of: {', '.join(valid)}")
+        raise ConfigError(f"config variant {name}={value!r} is not one of: {', '.join(valid)}")
     return value
 
 
@@ -142,15 +154,69 @@ def neural_config(arg: str | None, *, tasks: tuple[str, ...], model: str = "resn
     return c
 
 
+def config_files(directory: str = CONFIGS_DIR) -> list[str]:
+    """The config files in ``directory`` (``configs/``), as paths relative to the cwd."""
+    paths = sorted(glob.glob(os.path.join(directory, "*.py")))
+    return [os.path.relpath(p) for p in paths if not os.path.basename(p).startswith("_")]
+
+
 def load(spec: str) -> ml_collections.ConfigDict:
-    """The config of ``path/to/config.py[:variants]``, as ``--config=`` loads it."""
+    """The config of ``path/to/config.py[:variants]``, as ``--config=`` loads it.
+
+    Raises:
+      ConfigError: no such file (the message lists the configs), or a variant or
+        value the file does not know (its message lists the valid ones).
+    """
     path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        near = config_files(os.path.dirname(path) or ".") if os.path.isdir(
+            os.path.dirname(path) or ".") else []
+        choices = near or config_files()
+        raise ConfigError(
+            f"config file {path!r} not found; the configs are: {', '.join(choices)}"
+        )
     module_spec = importlib.util.spec_from_file_location("_fgmask_config", path)
-    if module_spec is None:
-        raise FileNotFoundError(f"config file {path!r} not found")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} has no get_config(arg); is it a config file?")
+    try:
+        return module.get_config(arg or None)
+    except ValueError as e:  # a variant the file does not know: its message lists the valid
+        raise ConfigError(f"--config={spec}: {e}") from None
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks the fields that would fail late in a run (after loading data, say).
+
+    Raises:
+      ConfigError: naming the key, its value and the valid ones.
+    """
+    def check(key, valid):
+        value = config.get(key)
+        if value not in valid:
+            raise ConfigError(f"config.{key}={value!r} is not one of: {', '.join(valid)}")
+
+    dataset = config.get("dataset", "").split("/", 1)[0]
+    if dataset not in DATASETS.values():
+        raise ConfigError(f"config.dataset={config.get('dataset')!r} is not one of: "
+                          f"{', '.join(DATASETS.values())} (optionally NAME/CONFIG)")
+    check("protocol", PROTOCOLS)
+    for task in config.get("tasks", ()):
+        if task not in labels_lib.TASKS:
+            raise ConfigError(f"config.tasks names {task!r}; tasks are: "
+                              f"{', '.join(labels_lib.TASKS)}")
+    if config.get("method"):  # a classical method: its fields are checked where used
+        return
+    check("model", MODELS)
+    check("optimizer", OPTIMIZERS)
+    check("early_stopping_metric", SELECTION_METRICS)
+    for key in ("batch_size", "image_size", "log_every_steps"):
+        if config.get(key, 1) < 1:
+            raise ConfigError(f"config.{key}={config.get(key)} must be at least 1")
+    missing = [t for t in config.tasks if t not in config.loss_weights]
+    if missing:
+        raise ConfigError(f"config.loss_weights has no weight for {', '.join(missing)}")
 
 
 def leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:

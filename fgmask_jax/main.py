@@ -1,80 +1,139 @@
 """Trains and evaluates one method: ``python -m fgmask_jax.main --config=... --workdir=...``.
 
-This file is intentionally kept short: the work happens in `train`.
+This file is intentionally kept short: the work happens in `train` (neural methods)
+and `baselines.run` (classical ones).
 
 Example:
   python -m fgmask_jax.main --config=configs/multitask.py:data=synthetic,runlocal \
-      --workdir=/tmp/fgmask/multitask
+      --workdir=workdir/multitask
 """
 
+import ast
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from fgmask_jax import distributed  # also defines --coordinator_address, --num_processes, ...
+from fgmask_jax import (
+    cli,
+    config_lib,
+    distributed,  # also defines --coordinator_address, --num_processes, ...
+)
 
-flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the report go.")
-flags.mark_flags_as_required(["workdir"])
+PROG = "fgmask_jax.main"
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the report go; rerunning "
+                    "the same command with the same workdir resumes.")
 config_flags.DEFINE_config_file(
     "config", None, "A config file in configs/, with variants after a colon.", lock_config=True
 )
-flags.mark_flags_as_required(["config"])
+flags.DEFINE_bool("print_config", False, "Print the config's keys and values, then exit.")
+
+USAGE = """\
+Train and evaluate one method.
+
+  python -m fgmask_jax.main --config=FILE[:VARIANTS] --workdir=DIR [--config.KEY=VALUE ...]
+
+Configs (each file's docstring holds its commands):
+{configs}
+
+Variants, after a colon, comma-separated (configs/multitask.py:data=synthetic,runlocal):
+  data=fgnet_mask|synthetic    protocol=study|subject|lopo    size=N    runlocal
+  neural configs: model={models}
+  single_task.py: task=age_group|gender|expression
+  lbp.py: variant=study|uniform, sampling=circle|square, grid=N;  vgg_face.py: weights=FILE
+
+Keys: every field of a config can be set with --config.KEY=VALUE (an unknown key is an
+error that lists them); --print_config shows them all with their values:
+  python -m fgmask_jax.main --config=configs/multitask.py --print_config
+
+Rerunning a command with the same --workdir resumes it. Library logs are quiet; add
+--verbosity=1 to see them. All flags: --helpfull.
+"""
+
+
+def usage() -> str:
+    lines = []
+    for path in config_lib.config_files():
+        with open(path) as f:
+            doc = ast.get_docstring(ast.parse(f.read())) or ""
+        lines.append(f"  {path:26s} {doc.splitlines()[0] if doc else ''}")
+    return USAGE.format(configs="\n".join(lines), models="|".join(config_lib.MODELS[:-1]))
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, but an unknown ``--config.KEY`` names the keys the config has."""
-    try:
-        return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError):
-        from fgmask_jax import config_lib
-
-        spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-        if spec is None:
-            raise
+    """`cli.parse_flags` (help, one-line errors), with the config file, its variants and its
+    keys checked first, so that a mistake there is named."""
+    if any(a in cli.HELP_FLAGS for a in argv[1:]):
+        return cli.parse_flags(argv, PROG, usage)
+    spec = _flag_value(argv, "config")
+    if spec is None:
+        cli.fail(PROG, "--config is required, e.g. --config=configs/multitask.py "
+                       "(--help lists the configs)", 2)
+    try:  # the config file and its variants: a clear message, not config_flags' traceback
         keys = config_lib.leaf_keys(config_lib.load(spec))
-        given = [a[len("--config."):].split("=")[0] for a in argv if a.startswith("--config.")]
-        unknown = [k for k in given if k not in keys]
-        if not unknown:
-            raise
-        raise SystemExit(
-            f"Unknown config key {unknown[0]!r} (--config.{unknown[0]}). "
-            f"Valid keys: {', '.join(keys)}"
-        ) from None
+    except config_lib.ConfigError as e:
+        cli.fail(PROG, str(e), 2)
+    given = [a[len("--config."):].split("=")[0] for a in argv if a.startswith("--config.")]
+    unknown = [k for k in given if k not in keys]
+    if unknown:
+        cli.fail(PROG, f"unknown config key {unknown[0]!r} (--config.{unknown[0]}). "
+                       f"Valid keys: {', '.join(keys)}", 2)
+    return cli.parse_flags(argv, PROG)
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = flags.FLAGS.config
+    if flags.FLAGS.print_config:
+        print(config)
+        return
+    config_lib.validate(config)
+    if not flags.FLAGS.workdir:
+        raise cli.UserError("--workdir is required: the folder for checkpoints, metrics and "
+                            "the report")
+    workdir = cli.absolute(flags.FLAGS.workdir)
+    config.data_dir = cli.absolute(config.data_dir)
+    config.manual_dir = cli.absolute(config.manual_dir)
+
     from fgmask_jax.evaluation import writers
 
     writers.quiet_library_logs()
     try:
         distributed.maybe_initialize()  # joins a cluster job; before any JAX computation
     except (ValueError, distributed.ClusterJoinError) as e:
-        raise SystemExit(f"fgmask_jax.main: {e}") from None
+        raise cli.UserError(str(e)) from None
     import jax  # after flag parsing: grain workers need parsed flags
     from jax.experimental import multihost_utils
 
     from fgmask_jax import baselines, build_data, train
     from fgmask_jax.data import pipeline
 
-    config = flags.FLAGS.config
     # Process 0 builds a missing dataset while the others wait: on shared storage they
     # then find it built; on a disk of their own (TPU VM workers) they build their copy.
     if jax.process_index() == 0:
-        build_data.build(config.dataset, pipeline.data_dir(config), config.manual_dir or None)
+        build_data.build_or_explain(config.dataset, pipeline.data_dir(config),
+                                    config.manual_dir or None)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("fgmask_jax: dataset built")
         if jax.process_index() != 0:
-            build_data.build(config.dataset, pipeline.data_dir(config),
-                             config.manual_dir or None)
+            build_data.build_or_explain(config.dataset, pipeline.data_dir(config),
+                                        config.manual_dir or None)
     if config.get("method") in baselines.METHODS:  # a classical method
         from fgmask_jax.baselines import run
 
-        run.run_and_evaluate(config, flags.FLAGS.workdir)
+        run.run_and_evaluate(config, workdir)
     else:
-        train.train_and_evaluate(config, flags.FLAGS.workdir)
+        train.train_and_evaluate(config, workdir)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, prog=PROG, flags_parser=parse_flags)

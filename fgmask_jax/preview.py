@@ -8,9 +8,10 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image, ImageDraw
 
+from fgmask_jax import cli
 from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.data import pipeline
 
@@ -62,12 +63,14 @@ def write_preview(dataset: str, data_dir: str | None, split: str, out: str, *, r
 
 
 def main(argv):
-    del argv
-    path = write_preview(_DATASET.value, _DATA_DIR.value, _SPLIT.value, _OUT.value,
+    if len(argv) > 1:
+        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    path = write_preview(_DATASET.value, cli.absolute(_DATA_DIR.value), _SPLIT.value,
+                         cli.absolute(_OUT.value),
                          rows=_ROWS.value, cols=_COLS.value, image_size=_SIZE.value,
                          seed=_SEED.value)
     print(f"Wrote {path}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, prog="fgmask_jax.preview")

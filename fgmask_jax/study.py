@@ -37,9 +37,9 @@ import time
 
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from fgmask_jax import config_lib
+from fgmask_jax import cli, config_lib
 from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.evaluation import bootstrap
 
@@ -330,8 +330,8 @@ def run_study(workdir: str, *, data: str = "synthetic", protocol: str = "study",
         else:
             key = (config.dataset, pipeline.data_dir(config))
             if key not in built:
-                build_data.build(config.dataset, pipeline.data_dir(config),
-                                 config.manual_dir or None)
+                build_data.build_or_explain(config.dataset, pipeline.data_dir(config),
+                                            config.manual_dir or None)
                 built.add(key)
             logging.info("study: running %s (%s)", run.folder, record["description"])
             t0 = time.perf_counter()
@@ -568,7 +568,7 @@ def define_flags() -> None:
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     from fgmask_jax.evaluation import writers
 
     writers.quiet_library_logs()
@@ -577,21 +577,23 @@ def main(argv):
     for item in f.neural_override:
         key, eq, value = item.partition("=")
         if not eq:
-            raise app.UsageError(f"--neural_override={item!r}: use KEY=VALUE")
+            raise cli.UserError(f"--neural_override={item!r}: use KEY=VALUE")
         overrides.append((key.strip(), value))
+    workdir = cli.absolute(f.workdir)
     try:
-        out = run_study(f.workdir, data=f.data, protocol=f.protocol, runlocal=f.runlocal,
+        out = run_study(workdir, data=f.data, protocol=f.protocol, runlocal=f.runlocal,
                         methods=tuple(f.methods), resnet=f.resnet,
-                        vgg_face_weights=f.vgg_face_weights, data_dir=f.data_dir,
-                        manual_dir=f.manual_dir, neural_overrides=overrides,
+                        vgg_face_weights=cli.absolute(f.vgg_face_weights),
+                        data_dir=cli.absolute(f.data_dir),
+                        manual_dir=cli.absolute(f.manual_dir), neural_overrides=overrides,
                         lopo_folds=f.lopo_folds, num_samples=f.num_samples, seed=f.seed)
     except ValueError as e:
-        raise SystemExit(f"fgmask_jax.study: {e}") from None
+        raise cli.UserError(str(e)) from None
     print(f"study: {len(out['runs'])} runs ({sum(r['status'] == 'ran' for r in out['runs'])} "
-          f"ran now) in {out['seconds']:.0f}s; see {os.path.join(f.workdir, 'study.md')}")
+          f"ran now) in {out['seconds']:.0f}s; see {os.path.join(workdir, 'study.md')}")
 
 
 if __name__ == "__main__":
     define_flags()
     flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    cli.run(main, prog="fgmask_jax.study")

@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fgmask_jax import checkpointing, models
+from fgmask_jax import checkpointing, config_lib, models, signals
 from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.data import pipeline, splits
 from fgmask_jax.evaluation import metrics as metrics_lib
@@ -285,7 +285,9 @@ def _restore_init_from(path: str, state: TrainState) -> TrainState:
         os.path.join(path, "checkpoints")) else path
     ckpt = checkpointing.Checkpointer(directory, max_to_keep=None)
     if ckpt.latest_step() is None:
-        raise FileNotFoundError(f"config.init_from={path!r} holds no checkpoint")
+        raise config_lib.ConfigError(
+            f"config.init_from={path!r} holds no checkpoint: give a run's workdir (with "
+            "checkpoints/) or one of its checkpoint folders")
     other, _ = ckpt.restore(ckpt.latest_step(), None)
     ckpt.close()
 
@@ -350,8 +352,9 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
     fit, val = train_indices[fit], train_indices[val]
     steps_per_epoch = len(fit) // config.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(
-            f"{len(fit)} training examples make no batch of batch_size={config.batch_size}"
+        raise config_lib.ConfigError(
+            f"{len(fit)} training examples make no batch of config.batch_size="
+            f"{config.batch_size}; set a smaller --config.batch_size"
         )
     total_steps = config.num_train_steps or int(math.ceil(config.num_epochs * steps_per_epoch))
     eval_every = config.eval_every_steps or steps_per_epoch
@@ -376,8 +379,12 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
         logging.info("Resumed from %s at step %d", ckpt.directory, meta["step"])
     elif config.init_from:
         state = _restore_init_from(config.init_from, state)
-
     start = int(meta["step"])
+    # Best checkpoints after the resumed step belong to steps that are run again.
+    if dropped := best_ckpt.delete_after(start):
+        logging.info("Dropped best checkpoints of steps %s (after step %d, run again)",
+                     dropped, start)
+
     if config.data_on_device:
         train_data = pipeline.load_all(train_source, fit, config.image_size, config.workers)
         train_data = jax.device_put(train_data, steps.replicated)
@@ -394,60 +401,79 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
     stopped_early = False
     pending = None  # (step, metrics) of the step before: checked one step late, to keep
     t0, n0 = time.perf_counter(), start  # the device busy while the host waits
+    reached, saved = start, start  # the last step computed, the last one checkpointed
+    # A single process finishes its step, saves and stops on Ctrl-C or SIGTERM. Processes of
+    # a cluster could not agree on the step, so there a signal stops at once (saves in flight
+    # are still completed).
     try:
-        for step in range(start + 1, total_steps + 1):
-            state, scalars = steps.train(state, next(batches))
-            if pending is not None:
-                _check_finite(*pending, ckpt)
-            pending = (step, scalars)
-            if step % config.log_every_steps == 0 or step == total_steps:
-                _check_finite(*pending, ckpt)
-                values = jax.device_get(scalars)
-                dt = time.perf_counter() - t0
-                rate = (step - n0) * config.batch_size / max(dt, 1e-9)
-                eta = (total_steps - step) * config.batch_size / max(rate, 1e-9)
-                logging.info("step %d/%d loss %.4f  %.1f img/s  ETA %.0fs", step, total_steps,
-                             values["loss"], rate, eta)
-                writer.write(step, {**{f"train/{k}": v for k, v in values.items()},
-                                    "train/learning_rate": schedule(step - 1),
-                                    "train/images_per_second": rate})
-                t0, n0 = time.perf_counter(), step
-            if step % eval_every == 0 or step == total_steps:
-                _check_finite(*pending, ckpt)
-                results = evaluate(steps, state, train_source, val, config)
-                writer.write(step, _flat(results, "val"))
-                score = _selection_score(results, config.early_stopping_metric)
-                if meta["best_score"] is None or score > meta["best_score"]:
-                    meta.update(best_score=score, best_step=step, bad_evals=0)
-                    best_ckpt.save(step, state, {**meta, "step": step})
-                else:
-                    meta["bad_evals"] += 1
-                logging.info("step %d validation %s (best %.4f at step %s)", step,
-                             {t: round(r["accuracy"], 4) for t, r in results.items()},
-                             meta["best_score"], meta["best_step"])
-                patience = config.early_stopping_patience
-                if patience and meta["bad_evals"] >= patience:
-                    logging.info("Early stop at step %d: no better validation %s in %d evaluations",
-                                 step, config.early_stopping_metric, patience)
-                    stopped_early = True
-            if step % ckpt_every == 0 or step == total_steps or stopped_early:
-                _check_finite(*pending, ckpt)
-                meta["step"] = step
-                ckpt.save(step, state, meta)
-            if stopped_early:
-                break
+        with signals.deferred(enabled=jax.process_count() == 1) as stop:
+            for step in range(start + 1, total_steps + 1):
+                state, scalars = steps.train(state, next(batches))
+                reached = step
+                if pending is not None:
+                    _check_finite(*pending, ckpt)
+                pending = (step, scalars)
+                if step % config.log_every_steps == 0 or step == total_steps:
+                    _check_finite(*pending, ckpt)
+                    ckpt.check()
+                    values = jax.device_get(scalars)
+                    dt = time.perf_counter() - t0
+                    rate = (step - n0) * config.batch_size / max(dt, 1e-9)
+                    eta = (total_steps - step) * config.batch_size / max(rate, 1e-9)
+                    logging.info("step %d/%d loss %.4f  %.1f img/s  ETA %.0fs", step,
+                                 total_steps, values["loss"], rate, eta)
+                    writer.write(step, {**{f"train/{k}": v for k, v in values.items()},
+                                        "train/learning_rate": schedule(step - 1),
+                                        "train/images_per_second": rate})
+                    t0, n0 = time.perf_counter(), step
+                if step % eval_every == 0 or step == total_steps:
+                    _check_finite(*pending, ckpt)
+                    results = evaluate(steps, state, train_source, val, config)
+                    writer.write(step, _flat(results, "val"))
+                    score = _selection_score(results, config.early_stopping_metric)
+                    if meta["best_score"] is None or score > meta["best_score"]:
+                        meta.update(best_score=score, best_step=step, bad_evals=0)
+                        best_ckpt.save(step, state, {**meta, "step": step})
+                    else:
+                        meta["bad_evals"] += 1
+                    logging.info("step %d validation %s (best %.4f at step %s)", step,
+                                 {t: round(r["accuracy"], 4) for t, r in results.items()},
+                                 meta["best_score"], meta["best_step"])
+                    patience = config.early_stopping_patience
+                    if patience and meta["bad_evals"] >= patience:
+                        logging.info("Early stop at step %d: no better validation %s in %d "
+                                     "evaluations", step, config.early_stopping_metric, patience)
+                        stopped_early = True
+                if (step % ckpt_every == 0 or step == total_steps or stopped_early
+                        or stop.signum is not None):
+                    _check_finite(*pending, ckpt)
+                    meta["step"] = saved = step
+                    ckpt.save(step, state, meta)
+                if stop.signum is not None:
+                    ckpt.wait()
+                    best_ckpt.wait()
+                    raise signals.Interrupted(stop.signum, _stopped_message(
+                        stop.signum, step, total_steps, f"saved a checkpoint at step {step} in "
+                        f"{ckpt.directory}; rerun the same command to resume from it."))
+                if stopped_early:
+                    break
+    except KeyboardInterrupt as e:  # a second signal, or one in a cluster: saves finish first
+        writer.close()
+        ckpt.wait()
+        best_ckpt.wait()
+        last = f"the last checkpoint is step {saved}" if saved else "no checkpoint was written"
+        raise signals.Interrupted(signals.signum_of(e), _stopped_message(
+            signals.signum_of(e), reached, total_steps,
+            f"{last} in {ckpt.directory}; rerun the same command to resume from it.")) from e
     except BaseException:
         writer.close()
         raise
     finally:  # an interrupted run still completes the saves it started
         ckpt.wait()
         best_ckpt.wait()
-    ckpt.close()
-    best_ckpt.wait()
-
     # The test split is read once, by the best model on the validation subset.
-    if best_ckpt.latest_step() is not None:
-        state, _ = best_ckpt.restore(best_ckpt.latest_step(), checkpointing.abstract_like(state))
+    state, tested_step = _restore_best(state, meta, best_ckpt, ckpt)
+    ckpt.close()
     best_ckpt.close()
     sections = {
         "test": evaluate(steps, state, test_source, test_indices, config,
@@ -471,8 +497,9 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
                 f"tasks: {', '.join(config.tasks)}; image size {config.image_size}; "
                 f"batch {config.batch_size} on {mesh.size} devices; tested on the {test_name}",
                 f"trained {meta['step']} steps; best validation at step {meta['best_step']} "
-                f"({config.early_stopping_metric}); the test examples were read once, by that "
-                "model",
+                f"({config.early_stopping_metric}); the test examples were read once, by the "
+                + ("model of that step" if tested_step == meta["best_step"] else
+                   f"model of step {tested_step} (the best one's checkpoint was lost)"),
                 "majority rate: the accuracy of always answering the most frequent true class",
             ],
         )
@@ -559,6 +586,28 @@ def train_lopo(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> di
     logging.info("Test metrics (leave persons out, %d folds pooled):\n%s", len(folds),
                  report_lib.format_table(test))
     return {"steps": steps, "folds": fold_results, "test": test}
+
+
+def _stopped_message(signum: int, step: int, total_steps: int, rest: str) -> str:
+    name = "SIGTERM" if signum == 15 else "Ctrl-C"
+    return f"stopped by {name} at step {step} of {total_steps}; {rest}"
+
+
+def _restore_best(state: TrainState, meta: dict, *checkpointers) -> tuple[TrainState, int]:
+    """(state of the best validation step, that step), from the first of ``checkpointers``
+    that holds it; the given (final) state if none does, with a warning."""
+    best = meta["best_step"]
+    abstract = checkpointing.abstract_like(state)
+    for ckpt in checkpointers:
+        if best in ckpt.all_steps():
+            try:
+                return ckpt.restore(best, abstract)[0], best
+            except Exception as e:  # noqa: BLE001 - a damaged copy: try the next one
+                logging.warning("Checkpoint %s/%s does not restore (%s)", ckpt.directory, best,
+                                str(e).splitlines()[0][:300])
+    logging.warning("No checkpoint of the best validation step %s is left; testing the model "
+                    "of step %d instead.", best, meta["step"])
+    return state, int(meta["step"])
 
 
 def _check_finite(step: int, scalars: dict, ckpt: checkpointing.Checkpointer) -> None:

@@ -163,6 +163,7 @@ def run_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                   {t: data[t][tested] for t in config.tasks},
                                   {t: predictions[t][tested] for t in config.tasks})
         _write(config, workdir, results, selection, len(fold_list))
+    logging.info("Test metrics (%s):\n%s", _describe(config), report_lib.format_table(results))
     return {"test": results, "selection": selection, "folds": len(fold_list)}
 
 

@@ -60,11 +60,18 @@ def write_predictions(path: str, subject_id, labels: dict, predictions: dict) ->
         np.savez(f, **arrays)
 
 
+_NOISY = ("/orbax/", "/tensorflow_datasets/", "/array_record/", "/grain/",
+          "/jax/_src/xla_bridge.py", "/matplotlib/")
+
+
 def _quiet_libraries(record) -> bool:
-    noisy = ("/orbax/", "/tensorflow_datasets/", "/array_record/", "/grain/")
-    return record.levelno > std_logging.INFO or not any(n in record.pathname for n in noisy)
+    return (record.levelno > std_logging.INFO or logging.get_verbosity() >= logging.DEBUG
+            or not any(n in record.pathname for n in _NOISY))
 
 
 def quiet_library_logs() -> None:
-    """Keeps the libraries' INFO chatter (Orbax, TFDS, ArrayRecord, grain) out of the log."""
-    logging.get_absl_logger().addFilter(_quiet_libraries)
+    """Keeps the libraries' INFO chatter (Orbax, TFDS, ArrayRecord, grain, JAX's search for
+    a TPU, matplotlib's font cache) out of the log; ``--verbosity=1`` shows it."""
+    # On absl's handler: it also prints the records of libraries that use Python's logging.
+    if _quiet_libraries not in logging.get_absl_handler().filters:
+        logging.get_absl_handler().addFilter(_quiet_libraries)

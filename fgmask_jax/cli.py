@@ -1,0 +1,94 @@
+"""What every command does at entry and exit: absolute paths, one-line errors, interruptions.
+
+    if __name__ == "__main__":
+        cli.run(main, prog="fgmask_jax.main", flags_parser=parse_flags)
+
+`run` is ``absl.app.run`` with these rules:
+
+- a mistake in the command's input (`UserError`, `config_lib.ConfigError`) prints
+  one line naming the file or key and the way out, and exits 2;
+- a run that stops as designed (a non-finite loss, checkpoints that do not restore)
+  prints its one-line reason and exits 1;
+- Ctrl-C and SIGTERM print one line (where the run stopped, how to resume) and
+  exit 130 and 143; in-flight checkpoint saves finish first (see `signals`);
+- anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from absl import app, flags
+
+from fgmask_jax import config_lib, signals
+
+
+class UserError(Exception):
+    """A mistake in a command's input; the message names it and the way out."""
+
+
+def absolute(path: str | None) -> str | None:
+    """``path`` made absolute (``~`` expanded) once, at entry; URLs (gs://...) and "" stay.
+
+    Orbax, TFDS and grain workers may run elsewhere than the current directory:
+    they get absolute paths only.
+    """
+    if not path or "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def fail(prog: str, message: str, code: int) -> None:
+    """Prints ``prog: message`` on stderr and exits with ``code``."""
+    sys.stdout.flush()
+    print(f"{prog}: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
+
+
+def parse_flags(argv: list[str], prog: str, usage: Callable[[], str] | None = None) -> list[str]:
+    """absl's flag parsing with help on ``--help`` (exit 0; ``usage()`` or the command's
+    docstring and flags) and a bad or missing flag as one line (exit 2)."""
+    if any(a in HELP_FLAGS for a in argv[1:]):
+        if usage is not None and "--helpfull" not in argv:
+            print(usage())
+        else:
+            main_module = sys.modules["__main__"]
+            print((main_module.__doc__ or "").strip() + "\n")
+            print(flags.FLAGS.get_help() if "--helpfull" in argv
+                  else flags.FLAGS.main_module_help())
+        sys.exit(0)
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(prog, f"{str(e).splitlines()[0]} (--help lists the flags)", 2)
+
+
+def run(main: Callable[[list[str]], None], *, prog: str,
+        flags_parser: Callable[[list[str]], list[str]] | None = None) -> None:
+    """``app.run(main)`` with the exit rules of this module; ``flags_parser`` defaults to
+    `parse_flags`."""
+
+    def guarded(argv):
+        from fgmask_jax import checkpointing  # after flag parsing: it starts JAX
+
+        signals.terminate_like_interrupt()
+        try:
+            return main(argv)
+        except (UserError, config_lib.ConfigError) as e:
+            fail(prog, str(e), 2)
+        except (FloatingPointError, checkpointing.CheckpointError) as e:
+            fail(prog, str(e), 1)
+        except signals.Interrupted as e:
+            fail(prog, str(e), 128 + e.signum)
+        except KeyboardInterrupt as e:
+            signum = signals.signum_of(e)
+            name = "SIGTERM" if signum == 15 else "Ctrl-C"
+            fail(prog, f"stopped by {name}; rerunning the same command resumes from what it "
+                       "had written.", 128 + signum)
+
+    app.run(guarded, flags_parser=flags_parser or (lambda argv: parse_flags(argv, prog)))

@@ -1,0 +1,168 @@
+"""The commands as a user types them: relative paths, Ctrl-C and SIGTERM, mistakes, --help."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from test_train import final_state, tiny_config
+
+from fgmask_jax import checkpointing, config_lib, train
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = "configs/multitask.py:data=synthetic,model=resnet_tiny,size=32"
+
+
+def main_command(cwd: Path, data_dir: str, workdir: str, *overrides: str) -> list[str]:
+    """``python -m fgmask_jax.main`` on the 60-image set, with paths relative to ``cwd``."""
+    config = os.path.relpath(REPO / SPEC.split(":")[0], cwd) + ":" + SPEC.split(":")[1]
+    return [sys.executable, "-m", "fgmask_jax.main", f"--config={config}",
+            f"--workdir={workdir}", "--config.dataset=synthetic_masked_faces/small",
+            f"--config.data_dir={os.path.relpath(data_dir, cwd)}",
+            "--config.batch_size=8", "--config.warmup_epochs=0", *overrides]
+
+
+def run(command, cwd, timeout=300):
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def test_relative_workdir_from_another_directory(small_data_dir, tmp_path):
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    command = main_command(cwd, small_data_dir, "runs/rel", "--config.num_train_steps=4",
+                           "--config.checkpoint_every_steps=2", "--config.eval_every_steps=2")
+    result = run(command, cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    workdir = cwd / "runs" / "rel"
+    assert (workdir / "results.json").exists() and (workdir / "report.md").exists()
+    assert checkpointing.Checkpointer(str(workdir / "checkpoints")).all_steps() == [2, 4]
+    assert "Test metrics" in result.stderr and "Traceback" not in result.stderr
+    assert "Unable to initialize backend" not in result.stderr  # library noise is quiet
+    # The same command again: the run is finished; it tests again and exits cleanly.
+    again = run(command, cwd)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_damaged_newest_checkpoint_and_best_at_the_last_step_rerun_completes(small_data_dir,
+                                                                            tmp_path):
+    # Validation only at the last step: best/ holds step 6, checkpoints/ holds 3 and 6.
+    config = tiny_config(small_data_dir, eval_every_steps=6)
+    first = train.train_and_evaluate(config, str(tmp_path))
+    assert checkpointing.Checkpointer(str(tmp_path / "best")).all_steps() == [6]
+    for path in (tmp_path / "checkpoints" / "6" / "state").rglob("*"):
+        if path.is_file() and not path.name.startswith("_"):
+            path.write_bytes(b"\0garbage")
+    again = train.train_and_evaluate(config, str(tmp_path))  # resumes at 3, passes 6 again
+    assert again["steps"] == 6 and again["best_step"] == 6
+    assert again["test"] == first["test"]
+    assert checkpointing.Checkpointer(str(tmp_path / "best")).all_steps() == [6]
+
+
+LONG = ("--config.num_train_steps=150", "--config.log_every_steps=5",
+        "--config.checkpoint_every_steps=50", "--config.eval_every_steps=75")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(small_data_dir, tmp_path_factory):
+    """The final state of the LONG run, trained without interruption."""
+    config = config_lib.load(str(REPO / SPEC))
+    config.update(dataset="synthetic_masked_faces/small", data_dir=small_data_dir,
+                  batch_size=8, warmup_epochs=0.0)
+    for item in LONG:
+        key, value = item[len("--config."):].split("=")
+        config[key] = int(value)
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    train.train_and_evaluate(config, str(workdir))
+    return final_state(workdir)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_with_one_line_and_the_rerun_ends_bitwise_equal(
+        small_data_dir, tmp_path, uninterrupted, signum, code):
+    command = main_command(tmp_path, small_data_dir, "run", *LONG)
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                   stderr=stderr, text=True)
+        deadline = time.monotonic() + 240
+        while "step 10/150" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        process.send_signal(signum)
+        assert process.wait(timeout=120) == code
+    text = log.read_text()
+    assert "Traceback" not in text
+    last = text.strip().splitlines()[-1]
+    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    assert last.startswith(f"fgmask_jax.main: stopped by {name} at step ")
+    step = int(last.split(" at step ")[1].split()[0])
+    assert 10 <= step < 150
+    assert f"saved a checkpoint at step {step} in {tmp_path / 'run' / 'checkpoints'}" in last
+    assert final_state(tmp_path / "run")[0] == step
+
+    result = run(command, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Resumed from {tmp_path / 'run' / 'checkpoints'} at step {step}" in result.stderr
+    step_a, state_a, meta_a = uninterrupted
+    step_b, state_b, meta_b = final_state(tmp_path / "run")
+    assert step_a == step_b == 150 and meta_a == meta_b
+    jax.tree.map(np.testing.assert_array_equal, state_a, state_b)  # bitwise
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config=configs/multitask.py:model=resnet999"],
+     "config variant model='resnet999' is not one of: resnet18"),
+    (["--config=configs/nope.py"],
+     "config file 'configs/nope.py' not found; the configs are: configs/eigenface.py"),
+    (["--config=configs/multitask.py:data=synthetic,modle=cnn"],
+     "unknown config variant 'modle'"),
+    (["--config=configs/multitask.py", "--config.learning_rat=0.1"],
+     "unknown config key 'learning_rat' (--config.learning_rat). Valid keys: augment.color_jitter"),
+    (["--config=configs/multitask.py", "--config.batch_size=many"],
+     "flag --config.batch_size=many"),
+    (["--config=configs/multitask.py", "--config.model=resnet999"],
+     "config.model='resnet999' is not one of: resnet18"),
+    (["--workdir=x"], "--config is required"),
+    (["--config=configs/multitask.py"], "--workdir is required"),
+])
+def test_user_errors_are_one_line_and_exit_2(args, message):
+    result = run([sys.executable, "-m", "fgmask_jax.main", *args], REPO, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.count("\n") == 1, result.stderr  # one line, no traceback
+    assert result.stderr.startswith("fgmask_jax.main: ") and message in result.stderr
+
+
+def test_missing_dataset_says_where_the_archive_goes_and_leaves_nothing(tmp_path):
+    data_dir = tmp_path / "tfds"
+    result = run([sys.executable, "-m", "fgmask_jax.main", "--config=configs/multitask.py",
+                  f"--config.data_dir={data_dir}", f"--workdir={tmp_path / 'run'}"], REPO)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "FGNET-MASK_dataset.zip" in result.stderr and "--manual_dir" in result.stderr
+    assert not data_dir.exists()  # no empty downloads/ or fgnet_mask/ folders left
+
+
+def test_bad_archive_is_a_user_error(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    (manual / "FGNET-MASK_dataset.zip").write_bytes(b"PK\x03\x04 cut short")
+    result = run([sys.executable, "-m", "fgmask_jax.build_data", "--dataset=fgnet_mask",
+                  f"--data_dir={tmp_path / 'tfds'}", f"--manual_dir={manual}"], REPO)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "not a readable zip" in result.stderr
+
+
+def test_help_lists_configs_variants_and_keys():
+    result = run([sys.executable, "-m", "fgmask_jax.main", "--help"], REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for text in ("configs/multitask.py", "configs/lbp.py", "protocol=study|subject|lopo",
+                 "model=resnet18|", "--print_config", "--config.KEY=VALUE"):
+        assert text in result.stdout
+    keys = run([sys.executable, "-m", "fgmask_jax.main", "--config=configs/multitask.py",
+                "--print_config"], REPO, timeout=120)
+    assert keys.returncode == 0 and "learning_rate: 0.1" in keys.stdout
