@@ -2,16 +2,18 @@
 PYTHON ?= $(shell command -v python3.12 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# setuptools warns that an editable install maps tfds_builder/ into the package: expected.
+PIP_QUIET := PYTHONWARNINGS=ignore::UserWarning
 WORKDIR ?= workdir/demo
 DATA_DIR ?= $(HOME)/tensorflow_datasets
 
-.PHONY: demo test lint tfds-test clean
+.PHONY: demo test lint tfds-test torch-test clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), "fgmask_jax needs Python >= 3.12, got " + sys.version'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PIP_QUIET) $(PY) -m pip install -q -e '.[test]'
 	touch $@
 
 # Builds the synthetic data if missing, trains the multi-task ResNet (runlocal), writes a
@@ -32,11 +34,22 @@ test: $(VENV)/.installed
 $(VENV)-tf/.installed: pyproject.toml
 	test -x $(VENV)-tf/bin/python || $(PYTHON) -m venv $(VENV)-tf
 	$(VENV)-tf/bin/python -m pip install -q --upgrade pip
-	$(VENV)-tf/bin/python -m pip install -q -e '.[test]' tensorflow-cpu dill
+	$(PIP_QUIET) $(VENV)-tf/bin/python -m pip install -q -e '.[test]' tensorflow-cpu dill
 	touch $@
 
 tfds-test: $(VENV)-tf/.installed
 	$(VENV)-tf/bin/python -m pytest -q tfds_builder
 
+# Parity with torchvision itself (pretrained weights in and out): PyTorch in a third
+# environment, so that the main suite keeps proving nothing else needs it.
+$(VENV)-torch/.installed: pyproject.toml
+	test -x $(VENV)-torch/bin/python || $(PYTHON) -m venv $(VENV)-torch
+	$(VENV)-torch/bin/python -m pip install -q --upgrade pip
+	$(PIP_QUIET) $(VENV)-torch/bin/python -m pip install -q -e '.[test,bench]'
+	touch $@
+
+torch-test: $(VENV)-torch/.installed
+	$(VENV)-torch/bin/python -m pytest -q tests/test_pretrained.py
+
 clean:
-	rm -rf $(VENV) $(VENV)-tf build *.egg-info
+	rm -rf $(VENV) $(VENV)-tf $(VENV)-torch build *.egg-info
