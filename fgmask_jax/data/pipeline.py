@@ -67,21 +67,56 @@ def read_labels(source) -> dict[str, np.ndarray]:
     return {k: np.asarray([r[k] for r in records], np.int32) for k in LABEL_KEYS}
 
 
-def decode_image(data: bytes, image_size: int) -> np.ndarray:
-    """Encoded image -> uint8[image_size, image_size, 3] RGB: centre square crop, then resize.
+def _imdecode(data: bytes) -> np.ndarray | None:
+    """Encoded bytes -> uint8[H, W, 3] BGR, or None if they do not decode.
 
-    OpenCV decodes (1.6x PIL's rate here); grayscale sources come out as 3 channels.
+    OpenCV applies EXIF orientation, drops alpha, makes grayscale 3 channels and
+    scales 16-bit samples to 8 bits (>> 8).
     """
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError("an example's image bytes do not decode; rebuild the dataset")
+    if not data:
+        return None
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+def square_resize(img: np.ndarray, image_size: int) -> np.ndarray:
+    """uint8[H, W, C] -> uint8[image_size, image_size, C]: centre square crop, then resize.
+
+    Works on any channel order (each channel is cropped and resized alike).
+    """
     h, w = img.shape[:2]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     img = img[top : top + side, left : left + side]
     interpolation = cv2.INTER_AREA if side > image_size else cv2.INTER_LINEAR
-    img = cv2.resize(img, (image_size, image_size), interpolation=interpolation)
+    return cv2.resize(img, (image_size, image_size), interpolation=interpolation)
+
+
+def read_image(data: bytes) -> np.ndarray:
+    """Encoded image (JPEG, PNG, BMP, WebP, ...) -> uint8[H, W, 3] RGB at full size.
+
+    Decoded exactly as `decode_image` decodes (OpenCV: EXIF orientation applied,
+    alpha dropped, grayscale to 3 channels, 16-bit scaled to 8-bit).
+
+    Raises:
+      ValueError: the bytes are empty, truncated or not an image.
+    """
+    img = _imdecode(data)
+    if img is None:
+        raise ValueError("empty file" if not data else
+                         "not a readable image (truncated, damaged or not an image format)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def decode_image(data: bytes, image_size: int) -> np.ndarray:
+    """Encoded image -> uint8[image_size, image_size, 3] RGB: centre square crop, then resize.
+
+    OpenCV decodes (1.6x PIL's rate here); grayscale sources come out as 3 channels.
+    `square_resize` crops and resizes (before the colour conversion: less to convert).
+    """
+    img = _imdecode(data)
+    if img is None:
+        raise ValueError("an example's image bytes do not decode; rebuild the dataset")
+    return cv2.cvtColor(square_resize(img, image_size), cv2.COLOR_BGR2RGB)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,78 @@
+"""The serving artifact: written from a single-task run, run in a process with only jax + numpy."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_train import tiny_config
+
+from fgmask_jax import export, predict, train
+from fgmask_jax.data import pipeline
+
+# The module docstring's loader, in a fresh interpreter that must not import flax or us.
+LOADER = """
+import json, sys
+import numpy as np
+from jax import export
+
+folder, images_path, out_path = sys.argv[1:]
+meta = json.load(open(f"{folder}/export.json"))
+with open(f"{folder}/{meta['file']}", "rb") as f:
+    model = export.deserialize(bytearray(f.read()))
+probs = model.call(np.load(images_path))
+np.savez(out_path, **{t: np.asarray(p) for t, p in probs.items()})
+assert "flax" not in sys.modules and "fgmask_jax" not in sys.modules, sorted(sys.modules)
+"""
+
+
+@pytest.fixture(scope="module")
+def single_task_run(small_data_dir, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run"))
+    train.train_and_evaluate(
+        tiny_config(small_data_dir, tasks=("gender",), loss_weights={"gender": 1.0},
+                    num_train_steps=3), workdir)
+    return workdir
+
+
+def test_exported_model_gives_the_predictors_probabilities_with_only_jax(
+        single_task_run, small_data_dir, tmp_path):
+    meta = export.export_run(single_task_run, str(tmp_path / "served"))
+    assert meta["tasks"] == {"gender": ["male", "female"]} and meta["image_size"] == 32
+    assert json.loads((tmp_path / "served" / "export.json").read_text()) == meta
+    assert "cpu" in meta["platforms"]
+
+    source = pipeline.open_split("synthetic_masked_faces/small", "test", small_data_dir)
+    images = np.stack([pipeline.decode_image(source[i]["image"], 32) for i in range(5)])
+    np.save(tmp_path / "images.npy", images)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, "-c", LOADER, str(tmp_path / "served"), str(tmp_path / "images.npy"),
+         str(tmp_path / "served.npz")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+    ours = predict.Predictor.from_workdir(single_task_run, batch_size=4)
+    expected = ours.probabilities(images)
+    with np.load(tmp_path / "served.npz") as served:
+        assert set(served.files) == {"gender"}
+        np.testing.assert_allclose(served["gender"], expected["gender"], atol=1e-5)
+    # The artifact's folder serves the Predictor too, with the same answers.
+    again = predict.Predictor.from_workdir(tmp_path / "served", batch_size=4)
+    np.testing.assert_allclose(again.probabilities(images)["gender"], expected["gender"],
+                               atol=1e-5)
+    assert [r["gender"]["label"] for r in again(list(images))] == [
+        r["gender"]["label"] for r in ours(list(images))]
+
+
+def test_export_of_a_missing_run_is_a_one_line_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "fgmask_jax.export", f"--workdir={tmp_path}",
+         f"--out={tmp_path / 'out'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "no config.json" in proc.stderr and proc.stderr.strip().count("\n") == 0
