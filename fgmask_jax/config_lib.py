@@ -19,6 +19,8 @@ from fgmask_jax.data import labels as labels_lib
 DATASETS = {"fgnet_mask": "fgnet_mask", "synthetic": "synthetic_masked_faces"}
 PROTOCOLS = ("study", "subject", "lopo")
 OPTIMIZERS = ("sgd", "adamw")
+RECIPES = ("default", "study")
+LR_SCHEDULES = ("cosine", "constant")
 SELECTION_METRICS = ("loss", "accuracy")
 # The configs/ folder of a source checkout (configs are files, not part of the package).
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -84,10 +86,11 @@ def neural_config(arg: str | None, *, tasks: tuple[str, ...], model: str = "resn
                   size: int = 112) -> ml_collections.ConfigDict:
     """The full config of a neural method; ``tasks`` one (single-task) or all three."""
     v = parse_arg(arg, data="fgnet_mask", model=model, protocol="study", size=size,
-                  runlocal=False)
+                  runlocal=False, pretrained="", recipe="default")
     _choice("data", v.data, DATASETS)
     _choice("model", v.model, MODELS)
     _choice("protocol", v.protocol, PROTOCOLS)
+    _choice("recipe", v.recipe, RECIPES)
     for task in tasks:
         _choice("task", task, labels_lib.TASKS)
 
@@ -137,15 +140,30 @@ def neural_config(arg: str | None, *, tasks: tuple[str, ...], model: str = "resn
     c.early_stopping_metric = "loss"  # on the validation subset: loss | accuracy
     c.early_stopping_patience = 10  # evaluations without improvement; 0 disables
     c.init_from = ""  # another run's workdir or checkpoint folder, for fine-tuning
+    # A torchvision-layout trunk (.safetensors, or .pth with torch installed) to start from;
+    # the heads start fresh. See fgmask_jax/models/pretrained.py.
+    c.pretrained = v.pretrained
+    c.freeze = ""  # trunk parts not trained, e.g. "stem,layer1,layer2"; "" trains all
+    c.trunk_lr_multiplier = 1.0  # the trunk's learning rate relative to the heads'
+    c.lr_schedule = "cosine"  # warmup + cosine decay, or constant after warmup
+    if v.pretrained:  # fine-tuning: the pretrained trunk moves ten times slower than the heads
+        c.trunk_lr_multiplier = 0.1
+
+    if v.recipe == "study":
+        _study_recipe(c, c.model)
+        if "size=" in (arg or ""):
+            c.image_size = v.size
+    c.recipe = v.recipe
 
     if v.runlocal:
         c.runlocal = True
         if model == "resnet152" and "model=" not in (arg or ""):
             c.model = "resnet18"  # the smallest ResNet, unless a model was asked for
-        c.image_size = min(v.size, 64)
-        c.batch_size = 32
+        c.image_size = min(c.image_size, 64)
         c.num_epochs = 8.0
-        c.learning_rate = 0.2
+        if v.recipe == "default":
+            c.batch_size = 32
+            c.learning_rate = 0.2
         c.data_on_device = True
         c.log_every_steps = 10
         c.lopo_folds = 5
@@ -158,6 +176,36 @@ def config_files(directory: str = CONFIGS_DIR) -> list[str]:
     """The config files in ``directory`` (``configs/``), as paths relative to the cwd."""
     paths = sorted(glob.glob(os.path.join(directory, "*.py")))
     return [os.path.relpath(p) for p in paths if not os.path.basename(p).startswith("_")]
+
+
+def _study_recipe(c: ml_collections.ConfigDict, model: str) -> None:
+    """The study's multi-task ResNet transfer setting (STUDY.md), on our trunks.
+
+    Keras ResNet152V2 with layers 0-136 frozen is, at our stage granularity, the
+    stem, layer1 and layer2 frozen (layer 136 falls in the first block of Keras's
+    conv4 stack, our layer3; counted in models/pretrained.py). Then a 1024-unit
+    ReLU layer per head, loss weights 1 / 0.1 / 0.1 (age, gender, expression),
+    Adam at a constant 1e-3 with gradients clipped to norm 1 (Keras's clipnorm
+    clips each tensor; we clip the global norm), batch 64, up to 80 epochs with
+    early stopping after 10 evaluations without a better validation loss, 50 px
+    input. Kept ours: cross-entropy for every task (the study used binary
+    cross-entropy for gender and squared error for expression).
+    """
+    if model.startswith("resnet"):
+        c.freeze = "stem,layer1,layer2"
+    c.head_hidden = 1024
+    c.loss_weights = {t: (1.0 if t == "age_group" else 0.1) for t in c.tasks}
+    c.optimizer = "adamw"
+    c.weight_decay = 0.0
+    c.batch_size = 64
+    c.learning_rate = 1e-3 * 256 / c.batch_size  # scaled by batch_size / 256: 1e-3 at 64
+    c.lr_schedule = "constant"
+    c.warmup_epochs = 0.0
+    c.clip_norm = 1.0
+    c.trunk_lr_multiplier = 1.0
+    c.num_epochs = 80.0
+    c.early_stopping_patience = 10
+    c.image_size = 50
 
 
 def load(spec: str) -> ml_collections.ConfigDict:
@@ -211,6 +259,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check("model", MODELS)
     check("optimizer", OPTIMIZERS)
     check("early_stopping_metric", SELECTION_METRICS)
+    check("lr_schedule", LR_SCHEDULES)
+    from fgmask_jax.models import pretrained  # imports JAX: only once a run starts
+
+    if config.pretrained:
+        if config.model not in pretrained.ARCHITECTURES:
+            raise ConfigError(f"config.pretrained: torchvision weights fit "
+                              f"{', '.join(pretrained.ARCHITECTURES)}, not "
+                              f"model={config.model!r}")
+        if "://" not in config.pretrained and not os.path.isfile(config.pretrained):
+            raise ConfigError(f"config.pretrained={config.pretrained!r}: no such file (a "
+                              "torchvision .safetensors or .pth file, downloaded once)")
+    try:
+        pretrained.frozen_parts(config.model, config.freeze)
+    except ValueError as e:
+        raise ConfigError(f"config.freeze={config.freeze!r}: {e}") from None
     for key in ("batch_size", "image_size", "log_every_steps"):
         if config.get(key, 1) < 1:
             raise ConfigError(f"config.{key}={config.get(key)} must be at least 1")

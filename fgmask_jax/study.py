@@ -84,7 +84,8 @@ class Run:
 
 
 def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
-         resnet: str = "", vgg_face_weights: str = "") -> list[Run]:
+         resnet: str = "", pretrained_resnet: str = "",
+         pretrained_vgg_face: str = "") -> list[Run]:
     """The runs of the study.
 
     Args:
@@ -95,8 +96,10 @@ def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
       methods: a subset of METHODS, run in METHODS order.
       resnet: the ResNet of the ResNet methods; "" -> resnet18 under runlocal, else
         resnet152 (the study's).
-      vgg_face_weights: a local VGG-Face .safetensors file: VGG-Face is then the
-        classical fc7-features method; "" -> VGG-16 trained end to end.
+      pretrained_resnet: a torchvision ResNet file (of ``resnet``'s depth) that the
+        ResNet methods fine-tune from, as the study did; "" -> trained from scratch.
+      pretrained_vgg_face: a local VGG-Face .safetensors file: VGG-Face is then the
+        classical fc7-features method, as in the study; "" -> VGG-16 trained end to end.
 
     Raises:
       ValueError: an unknown data, protocol, method or model (the message lists the valid).
@@ -123,15 +126,16 @@ def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
         if method in CLASSICAL:
             runs.append(Run(method, None, cfg(method)))
         elif method == "vgg_face":
-            if vgg_face_weights:
-                runs.append(Run(method, None, cfg("vgg_face", f"weights={vgg_face_weights}")))
+            if pretrained_vgg_face:
+                runs.append(Run(method, None, cfg("vgg_face", f"weights={pretrained_vgg_face}")))
             else:
                 # model=vgg16 spelled out, so that no runlocal default can swap the model.
                 runs.append(Run(method, None, cfg("vgg_face", "model=vgg16"),
                                 tuple(RUNLOCAL_VGG.items()) if runlocal else ()))
         else:
             kind, model = method.rsplit("_", 1)
-            model = resnet if model == "resnet" else "cnn"
+            model = f"{resnet},pretrained={pretrained_resnet}" if model == "resnet" and \
+                pretrained_resnet else (resnet if model == "resnet" else "cnn")
             if kind == "single_task":
                 runs += [Run(method, t, cfg("single_task", f"task={t},model={model}"),
                              neural_short) for t in TASKS]
@@ -288,7 +292,8 @@ def summarize_run(folder: str, tasks, *, num_samples: int = 1000, seed: int = 0)
 
 def run_study(workdir: str, *, data: str = "synthetic", protocol: str = "study",
               runlocal: bool = False, methods=METHODS, resnet: str = "",
-              vgg_face_weights: str = "", dataset: str = "", data_dir: str = "",
+              pretrained_resnet: str = "", pretrained_vgg_face: str = "",
+              dataset: str = "", data_dir: str = "",
               manual_dir: str = "", neural_overrides=None, lopo_folds: int = 0,
               num_samples: int = 1000, seed: int = 0) -> dict:
     """Runs the missing runs of the study in ``workdir`` and writes study.md/csv/png/json.
@@ -308,7 +313,7 @@ def run_study(workdir: str, *, data: str = "synthetic", protocol: str = "study",
 
     t_study = time.perf_counter()
     runs = plan(data, protocol, runlocal=runlocal, methods=methods, resnet=resnet,
-                vgg_face_weights=vgg_face_weights)
+                pretrained_resnet=pretrained_resnet, pretrained_vgg_face=pretrained_vgg_face)
     notes = []
     os.makedirs(workdir, exist_ok=True)
     previous = _read_json(os.path.join(workdir, "study.json")).get("runs", {})
@@ -371,9 +376,12 @@ def run_study(workdir: str, *, data: str = "synthetic", protocol: str = "study",
             else neural_overrides
         changes.append("set on every neural run: "
                        + ", ".join(f"{k}={v}" for k, v in items))
+    titles = {r.method: TITLES[r.method] + (" (pretrained)" if c.get("pretrained")
+                                            or c.get("init_weights") else "")
+              for r, c in zip(runs, configs, strict=True)}
     setting = {"data": data, "dataset": configs[0].dataset if configs else "",
                "protocol": protocol, "runlocal": runlocal, "num_samples": num_samples,
-               "changes": changes}
+               "changes": changes, "titles": titles}
     ran = [records[r.folder] for r in runs]
     write_csv(os.path.join(workdir, "study.csv"), rows, floor)
     write_markdown(os.path.join(workdir, "study.md"), rows, floor, setting, ran, notes)
@@ -435,6 +443,7 @@ def write_csv(path: str, rows, floor: dict) -> None:
 def write_markdown(path: str, rows, floor: dict, setting: dict, runs, notes) -> None:
     """study.md: the accuracy table with intervals, the other metrics, what ran, notes."""
     methods, tasks = _ordered(rows)
+    titles = setting.get("titles", {})
     synthetic = setting["data"] == "synthetic"
     protocol = {"study": "the study's random 75/25 image split (persons on both sides)",
                 "subject": "a subject-disjoint 75/25 split (no person in train and test)",
@@ -459,7 +468,7 @@ def write_markdown(path: str, rows, floor: dict, setting: dict, runs, notes) -> 
               "| method | " + " | ".join(tasks) + " |",
               "|---|" + "---:|" * len(tasks)]
     for m in methods:
-        lines.append(f"| {TITLES[m]} | "
+        lines.append(f"| {titles.get(m, TITLES[m])} | "
                      + " | ".join(_cell(rows, m, t, "accuracy", pct) for t in tasks) + " |")
     lines.append("| *majority class (floor)* | "
                  + " | ".join(pct(floor[t]) for t in tasks) + " |")
@@ -470,7 +479,7 @@ def write_markdown(path: str, rows, floor: dict, setting: dict, runs, notes) -> 
     for m in methods:
         cells = [c for t in tasks for c in (_cell(rows, m, t, "balanced_accuracy", pct),
                                             _cell(rows, m, t, "macro_f1", f3))]
-        lines.append(f"| {TITLES[m]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {titles.get(m, TITLES[m])} | " + " | ".join(cells) + " |")
     first = {t: next(r for r in rows if r["task"] == t) for t in tasks}
     n_line = ", ".join(
         f"{t}: {r['n']} images" + (f" of {r['persons']} persons" if r["persons"] else "")
@@ -520,7 +529,7 @@ def write_plot(path: str, rows, floor: dict, setting: dict) -> None:
             err[0].append(r["value"] - r["low"] if has else 0.0)
             err[1].append(r["high"] - r["value"] if has else 0.0)
         ax.bar(xs, ys, width, yerr=np.maximum(np.asarray(err), 0.0), capsize=2,
-               label=TITLES[m], color=colors(i % 10))
+               label=setting.get("titles", {}).get(m, TITLES[m]), color=colors(i % 10))
     for j, t in enumerate(tasks):
         ax.hlines(floor[t], j - 0.45, j + 0.45, colors="black", linestyles="dashed",
                   label="majority class" if j == 0 else None)
@@ -555,9 +564,14 @@ def define_flags() -> None:
     flags.DEFINE_string("manual_dir", "", "fgnet_mask only: where FGNET-MASK_dataset.zip is.")
     flags.DEFINE_string("resnet", "", "ResNet of the ResNet methods ('' -> resnet18 under "
                         "--runlocal, else resnet152).")
-    flags.DEFINE_string("vgg_face_weights", "", "A local VGG-Face .safetensors file: VGG-Face is "
-                        "then fc7 features + a linear classifier; without it VGG-16 is trained "
-                        "end to end.")
+    flags.DEFINE_string("pretrained_resnet", "",
+                        "A torchvision ResNet file (.safetensors, or .pth with torch) of "
+                        "--resnet's depth: the ResNet methods fine-tune from it, as the study "
+                        "did; their rows say 'pretrained'.")
+    flags.DEFINE_string("pretrained_vgg_face", "",
+                        "A local VGG-Face .safetensors file: VGG-Face is then fc7 features + a "
+                        "linear classifier, as in the study; without it VGG-16 is trained end "
+                        "to end.")
     flags.DEFINE_multi_string("neural_override", [], "KEY=VALUE set on every neural config "
                               "(after --runlocal's shortening), e.g. num_epochs=2.")
     flags.DEFINE_integer("lopo_folds", 0, "--protocol=lopo: folds of persons, the same for "
@@ -583,7 +597,8 @@ def main(argv):
     try:
         out = run_study(workdir, data=f.data, protocol=f.protocol, runlocal=f.runlocal,
                         methods=tuple(f.methods), resnet=f.resnet,
-                        vgg_face_weights=cli.absolute(f.vgg_face_weights),
+                        pretrained_resnet=cli.absolute(f.pretrained_resnet),
+                        pretrained_vgg_face=cli.absolute(f.pretrained_vgg_face),
                         data_dir=cli.absolute(f.data_dir),
                         manual_dir=cli.absolute(f.manual_dir), neural_overrides=overrides,
                         lopo_folds=f.lopo_folds, num_samples=f.num_samples, seed=f.seed)

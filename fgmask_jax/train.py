@@ -33,6 +33,7 @@ from fgmask_jax.data import pipeline, splits
 from fgmask_jax.evaluation import metrics as metrics_lib
 from fgmask_jax.evaluation import report as report_lib
 from fgmask_jax.evaluation import writers
+from fgmask_jax.models import pretrained
 
 
 @flax.struct.dataclass
@@ -67,28 +68,56 @@ def make_model(config):
         head_hidden=config.head_hidden,
         head_depths=dict(config.head_depths) if config.head_depths else None,
         dropout=config.dropout,
+        frozen=pretrained.frozen_parts(config.model, config.get("freeze", "")),
     )
 
 
 def make_optimizer(config, steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
-    """optax from config: linear warmup + cosine decay; SGD+momentum or AdamW; clipping."""
+    """optax from config: linear warmup + cosine decay (or constant); SGD+momentum or AdamW;
+    clipping. The trunk parts in ``config.freeze`` are not updated; the rest of the trunk
+    learns at ``config.trunk_lr_multiplier`` times the heads' rate."""
     peak = config.learning_rate * config.batch_size / 256
     warmup = min(int(config.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, peak, warmup_steps=max(warmup, 1) if warmup else 0, decay_steps=max(total_steps, 1)
-    )
-    if config.optimizer == "sgd":
-        opt = optax.chain(
-            optax.add_decayed_weights(config.weight_decay),
-            optax.sgd(schedule, momentum=config.momentum, nesterov=True),
-        )
-    elif config.optimizer == "adamw":
-        opt = optax.adamw(schedule, weight_decay=config.weight_decay)
+    if config.get("lr_schedule", "cosine") == "constant":
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
     else:
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, peak, warmup_steps=max(warmup, 1) if warmup else 0,
+            decay_steps=max(total_steps, 1))
+
+    def base(rate):
+        if config.optimizer == "sgd":
+            return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                               optax.sgd(rate, momentum=config.momentum, nesterov=True))
+        if config.optimizer == "adamw":
+            return optax.adamw(rate, weight_decay=config.weight_decay)
         raise ValueError(f"config.optimizer={config.optimizer!r}: use 'sgd' or 'adamw'")
+
+    multiplier = config.get("trunk_lr_multiplier", 1.0)
+    if config.get("freeze") or multiplier != 1.0:
+        opt = optax.multi_transform(
+            {"heads": base(schedule),
+             "trunk": base(lambda count: multiplier * schedule(count)),
+             "frozen": optax.set_to_zero()},
+            functools.partial(param_labels, config=config))
+    else:
+        opt = base(schedule)
     if config.clip_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(config.clip_norm), opt)
+    if config.get("freeze"):  # frozen gradients count in no norm: zeroed first
+        frozen = optax.masked(optax.set_to_zero(), lambda params: jax.tree.map(
+            lambda label: label == "frozen", param_labels(params, config)))
+        opt = optax.chain(frozen, opt)
     return opt, schedule
+
+
+def param_labels(params: dict, config) -> dict:
+    """"frozen", "trunk" or "heads" for each array of ``params`` ({"model", "log_vars"})."""
+    frozen = pretrained.freeze_mask(params["model"], config.model, config.get("freeze", ""))
+    labels = {k: jax.tree.map(lambda _: "heads", v) for k, v in params["model"].items()}
+    labels["trunk"] = jax.tree.map(lambda f: "frozen" if f else "trunk", frozen["trunk"])
+    return {"model": labels, "log_vars": jax.tree.map(lambda _: "heads", params["log_vars"])}
 
 
 def init_state(model, tx, config, rng: jax.Array) -> TrainState:
@@ -312,6 +341,27 @@ def _restore_init_from(path: str, state: TrainState) -> TrainState:
     )
 
 
+def _load_pretrained(config, state: TrainState) -> TrainState:
+    """``state`` with its trunk taken from the torchvision file ``config.pretrained``."""
+    variables = {"params": state.params["model"], "batch_stats": state.batch_stats}
+    try:
+        variables, description = pretrained.with_pretrained_trunk(
+            jax.device_get(variables), config.pretrained, config.model)
+    except pretrained.WeightsError as e:
+        raise config_lib.ConfigError(f"config.pretrained: {e}") from None
+    logging.info("pretrained: %s", description)
+    put = functools.partial(jax.device_put, device=state.step.sharding)
+    return state.replace(params={**state.params, "model": put(variables["params"])},
+                         batch_stats=put(variables["batch_stats"]))
+
+
+def _trained_and_frozen(params, config) -> str:
+    labels = jax.tree.leaves(param_labels(params, config))
+    sizes = [x.size for x in jax.tree.leaves(params)]
+    frozen = sum(n for n, label in zip(sizes, labels, strict=True) if label == "frozen")
+    return f"{sum(sizes) - frozen:,} parameters trained, {frozen:,} frozen"
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict:
     """Trains, early-stops on the validation subset, then reports on the test split.
 
@@ -379,6 +429,10 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
         logging.info("Resumed from %s at step %d", ckpt.directory, meta["step"])
     elif config.init_from:
         state = _restore_init_from(config.init_from, state)
+    elif config.get("pretrained"):
+        state = _load_pretrained(config, state)
+    if config.get("freeze"):
+        logging.info("freeze=%s: %s", config.freeze, _trained_and_frozen(state.params, config))
     start = int(meta["step"])
     # Best checkpoints after the resumed step belong to steps that are run again.
     if dropped := best_ckpt.delete_after(start):
@@ -496,6 +550,7 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
             notes=[
                 f"tasks: {', '.join(config.tasks)}; image size {config.image_size}; "
                 f"batch {config.batch_size} on {mesh.size} devices; tested on the {test_name}",
+                _start_note(config, state.params),
                 f"trained {meta['step']} steps; best validation at step {meta['best_step']} "
                 f"({config.early_stopping_metric}); the test examples were read once, by the "
                 + ("model of that step" if tested_step == meta["best_step"] else
@@ -586,6 +641,21 @@ def train_lopo(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> di
     logging.info("Test metrics (leave persons out, %d folds pooled):\n%s", len(folds),
                  report_lib.format_table(test))
     return {"steps": steps, "folds": fold_results, "test": test}
+
+
+def _start_note(config, params) -> str:
+    """Where the weights came from and what was trained, for the report."""
+    if config.get("init_from"):
+        start = f"started from the run {config.init_from}"
+    elif config.get("pretrained"):
+        start = (f"trunk started from the pretrained weights {config.pretrained}, "
+                 "heads from scratch")
+    else:
+        start = "trained from scratch"
+    frozen = (f"frozen: {config.freeze} ({_trained_and_frozen(params, config)})"
+              if config.get("freeze") else "nothing frozen")
+    rate = config.get("trunk_lr_multiplier", 1.0)
+    return f"{start}; {frozen}" + (f"; trunk learning rate x{rate:g}" if rate != 1.0 else "")
 
 
 def _stopped_message(signum: int, step: int, total_steps: int, rest: str) -> str:

@@ -180,3 +180,14 @@ def test_plan_names_runs_and_their_configs():
                                                              ("augment.flip", "false")])
     assert shorter.num_train_steps == 7 and shorter.augment.flip is False
     assert study.make_config(runs[0], neural_overrides={"num_train_steps": 7}).method == "lbp"
+
+
+def test_plan_with_pretrained_trunks():
+    runs = study.plan("synthetic", "subject", runlocal=True, resnet="resnet50",
+                      pretrained_resnet="/w/resnet50.pth", pretrained_vgg_face="/w/vgg.safetensors")
+    configs = {r.folder: study.make_config(r) for r in runs}
+    for folder in ("multitask_resnet", "single_task_resnet/gender"):
+        assert (configs[folder].model, configs[folder].pretrained) == ("resnet50",
+                                                                       "/w/resnet50.pth")
+    assert configs["multitask_cnn"].pretrained == ""
+    assert configs["vgg_face"].init_weights == "/w/vgg.safetensors"

@@ -8,7 +8,7 @@
 Parameters are {"trunk": ..., "heads": {task: ...}}; ResNets add "batch_stats".
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -57,18 +57,24 @@ __all__ = [
 ]
 
 
-def create_trunk(name: str, *, dtype: jnp.dtype = jnp.float32) -> nn.Module:
+def create_trunk(name: str, *, dtype: jnp.dtype = jnp.float32,
+                 frozen: Sequence[str] = ()) -> nn.Module:
     """The feature extractor alone: images float[B, H, W, 3] -> features.
 
     ResNets give float[B, D] (D = 512 for 18/34, 2048 for 50+, 8 for resnet_tiny),
     "vgg16" its fc7 float[B, 4096], "cnn" its three levels (float[B, 10],
     float[B, 20], float[B, 30]). Call with `train=`; ResNets keep "batch_stats".
 
+    ``frozen``: ResNet parts (see `pretrained.trunk_parts`) whose BatchNorm layers keep
+    their running statistics while training; other trunks have no BatchNorm.
+
     Raises:
       ValueError: `name` is not one of MODELS.
     """
     if name not in _TRUNKS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if frozen and name.startswith("resnet"):
+        return _TRUNKS[name](dtype=dtype, frozen=tuple(frozen))
     return _TRUNKS[name](dtype=dtype)
 
 
@@ -80,6 +86,7 @@ def create_model(
     head_hidden: int = 0,
     head_depths: Mapping[str, int] | None = None,
     dropout: float = 0.0,
+    frozen: Sequence[str] = (),
 ) -> MultiTaskModel:
     """A trunk with one classification head per task.
 
@@ -94,6 +101,7 @@ def create_model(
       head_depths: only for "cnn": task -> conv level 1..3 its head reads (the
         study: {"age_group": 3, "gender": 2, "expression": 1}); None: all read conv3.
       dropout: dropout rate after each head's hidden layer.
+      frozen: trunk parts that are not trained (BatchNorm keeps its statistics there).
 
     Returns:
       A module whose apply(variables, x: float[B, H, W, 3], train=...) gives
@@ -103,7 +111,7 @@ def create_model(
       ValueError: an unknown model name, no tasks, a task with fewer than one
         class, or head_depths that are not levels 1..3 of known tasks on "cnn".
     """
-    trunk = create_trunk(name, dtype=dtype)
+    trunk = create_trunk(name, dtype=dtype, frozen=frozen)
     if not tasks:
         raise ValueError("tasks is empty; give at least one task name -> number of classes")
     for task, num_classes in tasks.items():

@@ -88,6 +88,8 @@ class ResNet(nn.Module):
       num_filters: filters of the stem and the first stage.
       dtype: computation dtype; parameters stay float32.
       small_map_pixels: see `layers.Conv`; 0 runs every conv natively.
+      frozen: parts ("stem", "layer1".."layer4") that are not trained: their
+        BatchNorm layers normalise with, and keep, their running statistics.
     """
 
     stage_sizes: Sequence[int]
@@ -95,6 +97,7 @@ class ResNet(nn.Module):
     num_filters: int = 64
     dtype: jnp.dtype = jnp.float32
     small_map_pixels: int = SMALL_MAP_PIXELS
+    frozen: Sequence[str] = ()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -105,15 +108,17 @@ class ResNet(nn.Module):
             kernel_init=conv_kernel_init,
             small_map_pixels=self.small_map_pixels,
         )
-        norm = partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-        )
+        def norm_of(part: str):
+            return partial(
+                nn.BatchNorm,
+                use_running_average=not train or part in self.frozen,
+                momentum=0.9,
+                epsilon=1e-5,
+                dtype=self.dtype,
+            )
+
         x = conv(self.num_filters, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv1")(x)
-        x = nn.relu(norm(name="bn1")(x))
+        x = nn.relu(norm_of("stem")(name="bn1")(x))
         x = max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
@@ -121,7 +126,7 @@ class ResNet(nn.Module):
                     self.num_filters * 2**i,
                     strides=2 if i > 0 and j == 0 else 1,
                     conv=conv,
-                    norm=norm,
+                    norm=norm_of(f"layer{i + 1}"),
                     name=f"layer{i + 1}_{j}",
                 )(x)
         return jnp.mean(x, axis=(1, 2))
