@@ -70,3 +70,181 @@ def write_report(workdir: str, title: str, sections: dict[str, dict[str, dict]],
     with epath.Path(path).open("w") as f:
         f.write("\n".join(parts))
     return path
+
+
+# --- beyond accuracy: calibration, saliency, subgroups ---------------------------------
+# Each `*_section` writes its PNG (if any) into the workdir and returns markdown;
+# `append_sections` adds them to a report.md that `write_report` wrote.
+
+
+def _save(fig, path: str) -> None:
+    with epath.Path(path).open("wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def plot_reliability(results: dict[str, dict], path: str, title: str = "") -> None:
+    """Reliability diagrams, one panel per task, before and after temperature scaling.
+
+    results: `calibration.calibrate_tasks` output ({task: {"reliability",
+    "reliability_scaled", "ece", "ece_scaled", "temperature", ...}}). Each panel plots
+    accuracy against mean confidence per filled bin (marker area ~ bin count) and the
+    diagonal of perfect calibration.
+    """
+    tasks = list(results)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.8), squeeze=False,
+                             layout="constrained")
+    for ax, task in zip(axes[0], tasks, strict=True):
+        r = results[task]
+        ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+        for key, ece, label, color in (
+                ("reliability", r["ece"], "T = 1", "tab:red"),
+                ("reliability_scaled", r["ece_scaled"], f"T = {r['temperature']:.2f}",
+                 "tab:blue")):
+            bins = r[key]
+            filled = bins["count"] > 0
+            size = 200 * bins["count"][filled] / max(bins["count"].sum(), 1)
+            ax.plot(bins["confidence"][filled], bins["accuracy"][filled], color=color, lw=1)
+            ax.scatter(bins["confidence"][filled], bins["accuracy"][filled], s=size + 8,
+                       color=color, label=f"{label}: ECE {ece:.3f}")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_aspect("equal")
+        ax.set_xlabel("confidence (top probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(task)
+        ax.legend(loc="upper left", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def format_calibration(results: dict[str, dict]) -> str:
+    """Markdown table of `calibration.calibrate_tasks` output."""
+    lines = ["| task | n | temperature | ECE | ECE scaled | NLL | NLL scaled |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for task, r in results.items():
+        t = f"{r['temperature']:.3f}" + (" (bound)" if r.get("at_bound") else "")
+        lines.append(f"| {task} | {r['n']} | {t} | {r['ece']:.3f} | {r['ece_scaled']:.3f} | "
+                     f"{r['nll']:.3f} | {r['nll_scaled']:.3f} |")
+    return "\n".join(lines)
+
+
+def calibration_section(workdir: str, results: dict[str, dict], split: str = "test",
+                        fitted_on: str = "validation") -> str:
+    """Writes ``reliability_<split>.png``; returns the markdown section."""
+    name = f"reliability_{split}.png"
+    plot_reliability(results, os.path.join(workdir, name), f"{split}: reliability")
+    num_bins = len(next(iter(results.values()))["reliability"]["count"]) if results else 0
+    return "\n".join([
+        f"## Calibration ({split})", "",
+        f"Expected calibration error (top label, {num_bins} equal-width bins) at T = 1 and after "
+        f"dividing the logits by a temperature T fitted on the {fitted_on} subset "
+        "(minimum NLL). Temperature scaling does not change any prediction or accuracy. "
+        "\"(bound)\": the NLL was still falling at the edge of the allowed range.", "",
+        format_calibration(results), "", f"![{split} reliability]({name})", ""])
+
+
+def plot_mean_saliency(mean_image: np.ndarray, maps: dict[str, np.ndarray], path: str,
+                       title: str = "") -> None:
+    """The mean image, then each task's mean attribution map over it.
+
+    mean_image: float[H, W, 3] in [0, 1] (or uint8); maps: {task: float[H, W]} (for
+    example `saliency.mean_map`), each drawn on its own colour scale.
+    """
+    image = np.asarray(mean_image, np.float64)
+    if image.max() > 1.0:
+        image = image / 255.0
+    gray = image.mean(-1)
+    tasks = list(maps)
+    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(2.8 * (len(tasks) + 1), 3.2),
+                             squeeze=False, layout="constrained")
+    axes[0, 0].imshow(np.clip(image, 0, 1))
+    axes[0, 0].set_title("mean image")
+    for ax, task in zip(axes[0, 1:], tasks, strict=True):
+        m = np.asarray(maps[task], np.float64)
+        ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(m, cmap="inferno", alpha=0.6, vmin=0, vmax=max(float(m.max()), 1e-12))
+        ax.set_title(task)
+    for ax in axes[0]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def format_region_shares(shares: dict[str, dict[str, np.ndarray]]) -> str:
+    """Markdown table: per task, the mean (and median) share of attribution per region.
+
+    shares: {task: {region name: float[B] (`saliency.region_share`)}}.
+    """
+    regions = list(dict.fromkeys(r for per_task in shares.values() for r in per_task))
+    lines = ["| task | images | " + " | ".join(f"share {r} (mean / median)" for r in regions)
+             + " |", "|---|---:|" + "---:|" * len(regions)]
+    for task, per_task in shares.items():
+        n = max((len(np.asarray(v)) for v in per_task.values()), default=0)
+        cells = []
+        for r in regions:
+            v = np.asarray(per_task.get(r, []), np.float64)
+            v = v[np.isfinite(v)]
+            cells.append(f"{v.mean():.1%} / {np.median(v):.1%}" if v.size else "-")
+        lines.append(f"| {task} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def saliency_section(workdir: str, mean_image: np.ndarray, maps: dict[str, np.ndarray],
+                     shares: dict[str, dict[str, np.ndarray]] | None = None,
+                     split: str = "test", method: str = "integrated gradients") -> str:
+    """Writes ``saliency_<split>.png``; returns the markdown section."""
+    name = f"saliency_{split}.png"
+    plot_mean_saliency(mean_image, maps, os.path.join(workdir, name), f"{split}: {method}")
+    parts = [f"## Where the model looks ({split})", "",
+             f"Mean absolute {method} map of each task head (each image's map normalised to "
+             "sum 1) over the mean image.", "", f"![{split} saliency]({name})", ""]
+    if shares:
+        parts += ["Share of each image's absolute attribution inside each region:", "",
+                  format_region_shares(shares), ""]
+    return "\n".join(parts)
+
+
+def format_subgroups(results: dict[str, dict[str, dict]]) -> str:
+    """Markdown, one table per group variable, from `subgroups.subgroup_accuracy` output:
+    rows are the group's values; per task, accuracy [interval] and the majority rate."""
+    parts = []
+    for group, rows in results.items():
+        tasks = list(dict.fromkeys(t for row in rows.values() for t in row["tasks"]))
+        parts += [f"### by {group}", "",
+                  f"| {group} | n | persons | "
+                  + " | ".join(f"{t} accuracy [95% CI] (majority)" for t in tasks) + " |",
+                  "|---|---:|---:|" + "---:|" * len(tasks)]
+        for value, row in rows.items():
+            cells = []
+            for t in tasks:
+                s = row["tasks"][t]
+                cells.append(f"{s['accuracy']:.1%} [{s['low']:.1%}, {s['high']:.1%}] "
+                             f"({s['majority_rate']:.1%})")
+            parts.append(f"| {value} | {row['n']} | {row['persons']} | "
+                         + " | ".join(cells) + " |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def subgroup_section(results: dict[str, dict[str, dict]], split: str = "test") -> str:
+    """The markdown section of `subgroups.subgroup_accuracy` output."""
+    return "\n".join([
+        f"## Accuracy by subgroup ({split})", "",
+        "Intervals: percentiles of a bootstrap over the persons inside each subgroup. "
+        "Majority: the accuracy of always answering the subgroup's most frequent class "
+        "(100% for a task within its own groups).", "",
+        format_subgroups(results)])
+
+
+def append_sections(workdir: str, sections: list[str]) -> str:
+    """Appends markdown sections to ``workdir/report.md`` (after `write_report`); returns
+    its path."""
+    path = os.path.join(workdir, "report.md")
+    with epath.Path(path).open("r") as f:
+        text = f.read()
+    with epath.Path(path).open("w") as f:
+        f.write(text.rstrip("\n") + "\n\n" + "\n".join(s.rstrip("\n") + "\n" for s in sections))
+    return path
