@@ -215,12 +215,18 @@ def load_faces(path: str, image_size: int) -> list[tuple[Box, np.ndarray]]:
 # --- The predictor ----------------------------------------------------------------------
 
 
-def probabilities_fn(model, dtype) -> Callable:
-    """(variables, uint8[B, S, S, 3]) -> {task: float32[B, classes]}: the eval forward pass."""
+def probabilities_fn(model, dtype, temperatures: dict[str, float] | None = None) -> Callable:
+    """(variables, uint8[B, S, S, 3]) -> {task: float32[B, classes]}: the eval forward pass.
+
+    ``temperatures``: {task: T}, the run's temperature scaling (logits / T before the
+    softmax; the most probable class is unchanged).
+    """
+    temperatures = dict(temperatures or {})
 
     def fn(variables, images):
         logits = model.apply(variables, pipeline.normalize(images, dtype), train=False)
-        return {t: jax.nn.softmax(z.astype(jax.numpy.float32), axis=-1)
+        return {t: jax.nn.softmax(z.astype(jax.numpy.float32) / temperatures.get(t, 1.0),
+                                  axis=-1)
                 for t, z in logits.items()}
 
     return fn
@@ -292,8 +298,15 @@ def load_run(workdir: str, fold: int | None = None) -> tuple[Any, dict, dict]:
     variables = {"params": state["params"]["model"]}
     if state.get("batch_stats"):
         variables["batch_stats"] = state["batch_stats"]
-    finished = os.path.isfile(os.path.join(folder, "results.json"))
-    return config, variables, {"folder": folder, "step": steps[-1], "finished": finished}
+    results_path = os.path.join(folder, "results.json")
+    finished = os.path.isfile(results_path)
+    temperatures = {}
+    if finished:  # temperature scaling fitted on the validation subset, where the run has it
+        with open(results_path) as f:
+            calibration = json.load(f).get("calibration", {})
+        temperatures = {t: float(c["temperature"]) for t, c in calibration.items()}
+    return config, variables, {"folder": folder, "step": steps[-1], "finished": finished,
+                               "temperatures": temperatures}
 
 
 class Predictor:
@@ -316,11 +329,13 @@ class Predictor:
 
     @classmethod
     def from_variables(cls, config, variables: dict, batch_size: int = 32,
-                       description: str = "") -> Predictor:
-        """A predictor of the model ``config`` describes, with these variables."""
+                       description: str = "", temperatures: dict | None = None) -> Predictor:
+        """A predictor of the model ``config`` describes, with these variables (and
+        temperature scaling: {task: T})."""
         from fgmask_jax import train
 
-        fn = probabilities_fn(train.make_model(config), train.compute_dtype(config))
+        fn = probabilities_fn(train.make_model(config), train.compute_dtype(config),
+                              temperatures)
         variables = jax.device_put(variables)
         return cls(lambda images: fn(variables, images),
                    {t: labels_lib.TASKS[t] for t in config.tasks}, config.image_size,
@@ -336,7 +351,8 @@ class Predictor:
         config, variables, info = load_run(path, fold)
         note = "" if info["finished"] else " (the run has not finished: its best so far)"
         return cls.from_variables(config, variables, batch_size,
-                                  f"{info['folder']} best/{info['step']}{note}")
+                                  f"{info['folder']} best/{info['step']}{note}",
+                                  temperatures=info["temperatures"])
 
     @classmethod
     def from_export(cls, folder: str, batch_size: int = 32) -> Predictor:

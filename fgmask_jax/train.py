@@ -30,8 +30,10 @@ from jax.sharding import PartitionSpec as P
 from fgmask_jax import checkpointing, config_lib, models, signals
 from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.data import pipeline, splits
+from fgmask_jax.evaluation import calibration as calibration_lib
 from fgmask_jax.evaluation import metrics as metrics_lib
 from fgmask_jax.evaluation import report as report_lib
+from fgmask_jax.evaluation import subgroups as subgroups_lib
 from fgmask_jax.evaluation import writers
 from fgmask_jax.models import pretrained
 
@@ -206,6 +208,7 @@ def eval_step(state: TrainState, batch: dict, *, model, config) -> dict:
     logits = model.apply(_variables(state.params, state.batch_stats), x, train=False)
     losses = task_losses(logits, batch)
     out = {f"pred_{t}": z.argmax(-1).astype(jnp.int32) for t, z in logits.items()}
+    out.update({f"logits_{t}": z.astype(jnp.float32) for t, z in logits.items()})
     out.update({f"loss_{t}": v for t, v in losses.items()})
     out.update({f"label_{t}": batch[t] for t in logits})
     if "subject_id" in batch:  # pipeline batches carry it; predictions.npz saves it
@@ -253,8 +256,11 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
 
 
 def evaluate(steps: Steps, state: TrainState, source, indices, config,
-             predictions_path: str | None = None) -> dict[str, dict]:
+             predictions_path: str | None = None, return_outputs: bool = False):
     """Exact metrics over ``source[indices]``: {task: summary (see metrics.summarize) + loss}.
+
+    ``return_outputs``: also the per-example outputs in ``indices``' order,
+    (results, {subject_id, label_<task>, pred_<task>, logits_<task>: [N, ...]}).
 
     ``predictions_path``: process 0 also saves the per-example ``subject_id``,
     ``label_<task>`` and ``pred_<task>`` (int64[N], pads removed) there as .npz.
@@ -277,6 +283,8 @@ def evaluate(steps: Steps, state: TrainState, source, indices, config,
         y, pred = out[f"label_{t}"][mask], out[f"pred_{t}"][mask]
         results[t] = metrics_lib.summarize(y, pred, len(labels_lib.TASKS[t]))
         results[t]["loss"] = float(out[f"loss_{t}"][mask].mean())
+    if return_outputs:
+        return results, {k: v[mask] for k, v in out.items() if k != "mask"}
     return results
 
 
@@ -529,11 +537,26 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
     state, tested_step = _restore_best(state, meta, best_ckpt, ckpt)
     ckpt.close()
     best_ckpt.close()
-    sections = {
-        "test": evaluate(steps, state, test_source, test_indices, config,
-                         os.path.join(workdir, "predictions.npz")),
-        "validation": evaluate(steps, state, train_source, val, config),
-    }
+    test, test_out = evaluate(steps, state, test_source, test_indices, config,
+                              os.path.join(workdir, "predictions.npz"), return_outputs=True)
+    validation, val_out = evaluate(steps, state, train_source, val, config,
+                                   return_outputs=True)
+    sections = {"test": test, "validation": validation}
+
+    def by_task(out, key):
+        return {t: out[f"{key}_{t}"] for t in config.tasks}
+
+    # A temperature per task, fitted on the validation subset, judged on the test split.
+    calibration = calibration_lib.calibrate_tasks(
+        by_task(val_out, "logits"), by_task(val_out, "label"),
+        by_task(test_out, "logits"), by_task(test_out, "label"))
+    test_labels = {k: v[np.asarray(test_indices)]
+                   for k, v in pipeline.read_labels(test_source).items()}
+    subgroups = subgroups_lib.subgroup_accuracy(
+        {t: test_out[f"label_{t}"] for t in config.tasks},
+        {t: test_out[f"pred_{t}"] for t in config.tasks}, test_out["subject_id"],
+        {g: test_labels[g] for g in labels_lib.TASKS},
+        group_names=dict(labels_lib.TASKS), seed=config.seed)
     writer.write(int(meta["step"]), _flat(sections["test"], "test"))
     writer.close()
     logging.info("Test metrics (%s, best validation model):\n%s", test_name,
@@ -541,8 +564,9 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
     if is_main:
         # predictions.npz is written first: a folder with results.json is a finished run.
         with (epath.Path(workdir) / "results.json").open("w") as f:
-            json.dump({"best_step": meta["best_step"], "steps": int(meta["step"]), **sections},
-                      f, indent=1)
+            json.dump({"best_step": meta["best_step"], "steps": int(meta["step"]), **sections,
+                       "calibration": calibration_lib.scalars(calibration),
+                       "subgroups": subgroups}, f, indent=1)
         report_lib.write_report(
             workdir,
             f"{config.model} on {config.dataset}, protocol={config.protocol}",
@@ -558,7 +582,11 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
                 "majority rate: the accuracy of always answering the most frequent true class",
             ],
         )
-    return {"steps": int(meta["step"]), "best_step": meta["best_step"], **sections}
+        report_lib.append_sections(workdir, [
+            report_lib.calibration_section(workdir, calibration),
+            report_lib.subgroup_section(subgroups)])
+    return {"steps": int(meta["step"]), "best_step": meta["best_step"], **sections,
+            "calibration": calibration_lib.scalars(calibration), "subgroups": subgroups}
 
 
 def train_lopo(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict:

@@ -63,6 +63,20 @@ def test_train_and_evaluate_writes_metrics_checkpoints_and_report(small_data_dir
     report = (tmp_path / "report.md").read_text()
     assert "| gender | 15 |" in report and "majority rate" in report
     assert final_state(tmp_path)[0] == 6
+    # Calibration (temperature fitted on the validation subset) and accuracy by subgroup.
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["calibration"]) == set(TASKS)
+    for c in saved["calibration"].values():
+        assert c["temperature"] > 0 and 0 <= c["ece"] <= 1 and c["n"] == 15
+    assert "## Calibration (test)" in report and (tmp_path / "reliability_test.png").exists()
+    gender = saved["subgroups"]["gender"]
+    assert sum(g["n"] for g in gender.values()) == 15
+    assert "## Accuracy by subgroup (test)" in report
+    # The predictor applies the run's temperatures.
+    from fgmask_jax import predict
+
+    temperatures = predict.load_run(str(tmp_path))[2]["temperatures"]
+    assert temperatures == {t: c["temperature"] for t, c in saved["calibration"].items()}
 
 
 class _Preempted(Exception):
