@@ -7,7 +7,7 @@ PIP_QUIET := PYTHONWARNINGS=ignore::UserWarning
 WORKDIR ?= workdir/demo
 DATA_DIR ?= $(HOME)/tensorflow_datasets
 
-.PHONY: demo test lint tfds-test torch-test clean
+.PHONY: demo test lint tfds-test torch-test onnx-test clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), "fgmask_jax needs Python >= 3.12, got " + sys.version'
@@ -51,5 +51,15 @@ $(VENV)-torch/.installed: pyproject.toml
 torch-test: $(VENV)-torch/.installed
 	$(VENV)-torch/bin/python -m pytest -q tests/test_pretrained.py
 
+# ONNX export checked with onnxruntime; jax2onnx pins its own orbax, so a fourth environment.
+$(VENV)-onnx/.installed: pyproject.toml
+	test -x $(VENV)-onnx/bin/python || $(PYTHON) -m venv $(VENV)-onnx
+	$(VENV)-onnx/bin/python -m pip install -q --upgrade pip
+	$(PIP_QUIET) $(VENV)-onnx/bin/python -m pip install -q -e '.[test,onnx]'
+	touch $@
+
+onnx-test: $(VENV)-onnx/.installed
+	$(VENV)-onnx/bin/python -m pytest -q tests/test_export.py
+
 clean:
-	rm -rf $(VENV) $(VENV)-tf $(VENV)-torch build *.egg-info
+	rm -rf $(VENV) $(VENV)-tf $(VENV)-torch $(VENV)-onnx build *.egg-info

@@ -76,3 +76,29 @@ def test_export_of_a_missing_run_is_a_one_line_error(tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "no config.json" in proc.stderr and proc.stderr.strip().count("\n") == 0
+
+
+def test_onnx_model_gives_the_predictors_probabilities(single_task_run, small_data_dir, tmp_path):
+    pytest.importorskip("jax2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    path = export.export_onnx(single_task_run, str(tmp_path / "onnx"))
+    assert path == str(tmp_path / "onnx" / "model.onnx")
+    meta = json.loads((tmp_path / "onnx" / "onnx.json").read_text())
+    assert meta["file"] == "model.onnx" and meta["outputs"] == ["gender"]
+    assert meta["tasks"] == {"gender": ["male", "female"]} and meta["image_size"] == 32
+    # Not an export.json: the folder is not mistaken for a StableHLO artifact.
+    assert sorted(os.listdir(tmp_path / "onnx")) == ["model.onnx", "onnx.json"]
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (images_in,) = session.get_inputs()
+    assert images_in.name == "images" and images_in.type == "tensor(uint8)"
+    assert isinstance(images_in.shape[0], str) and images_in.shape[1:] == [32, 32, 3]
+    assert [o.name for o in session.get_outputs()] == ["gender"]
+
+    source = pipeline.open_split("synthetic_masked_faces/small", "test", small_data_dir)
+    images = np.stack([pipeline.decode_image(source[i]["image"], 32) for i in range(5)])
+    expected = predict.Predictor.from_workdir(single_task_run, batch_size=4).probabilities(images)
+    for batch in (images, images[:1]):  # any batch size
+        (probs,) = session.run(["gender"], {"images": batch})
+        assert probs.dtype == np.float32 and probs.shape == (len(batch), 2)
+        np.testing.assert_allclose(probs, expected["gender"][: len(batch)], atol=1e-4)
