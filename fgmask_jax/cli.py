@@ -12,6 +12,8 @@
 - Ctrl-C and SIGTERM print one line (where the run stopped, how to resume) and
   exit 130 and 143; in-flight checkpoint saves finish first (see `signals`);
 - anything else is a bug and keeps its traceback.
+
+Library logs (JAX, Orbax, TFDS, grain) are kept quiet; ``--verbosity=1`` shows them.
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ def run(main: Callable[[list[str]], None], *, prog: str,
 
     def guarded(argv):
         from fgmask_jax import checkpointing  # after flag parsing: it starts JAX
+        from fgmask_jax.evaluation import writers
 
+        writers.quiet_library_logs()
         signals.terminate_like_interrupt()
         try:
             return main(argv)

@@ -104,9 +104,6 @@ def main(argv):
     config.data_dir = cli.absolute(config.data_dir)
     config.manual_dir = cli.absolute(config.manual_dir)
 
-    from fgmask_jax.evaluation import writers
-
-    writers.quiet_library_logs()
     try:
         distributed.maybe_initialize()  # joins a cluster job; before any JAX computation
     except (ValueError, distributed.ClusterJoinError) as e:

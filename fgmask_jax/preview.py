@@ -65,9 +65,6 @@ def write_preview(dataset: str, data_dir: str | None, split: str, out: str, *, r
 def main(argv):
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from fgmask_jax.evaluation import writers
-
-    writers.quiet_library_logs()
     path = write_preview(_DATASET.value, cli.absolute(_DATA_DIR.value), _SPLIT.value,
                          cli.absolute(_OUT.value),
                          rows=_ROWS.value, cols=_COLS.value, image_size=_SIZE.value,

@@ -583,9 +583,6 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from fgmask_jax.evaluation import writers
-
-    writers.quiet_library_logs()
     f = flags.FLAGS
     overrides = []
     for item in f.neural_override:

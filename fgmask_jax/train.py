@@ -349,18 +349,31 @@ def _restore_init_from(path: str, state: TrainState) -> TrainState:
     )
 
 
-def _load_pretrained(config, state: TrainState) -> TrainState:
-    """``state`` with its trunk taken from the torchvision file ``config.pretrained``."""
-    variables = {"params": state.params["model"], "batch_stats": state.batch_stats}
+def _read_pretrained(config, model) -> dict:
+    """The trunk of the torchvision file ``config.pretrained``, checked against ``model``
+    (by shapes alone: nothing is compiled, so a wrong file fails at once)."""
+    x = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32)
+    key = jax.random.key(0)
+    abstract = jax.eval_shape(functools.partial(model.init, train=False),
+                              {"params": key, "dropout": key}, x)
     try:
         variables, description = pretrained.with_pretrained_trunk(
-            jax.device_get(variables), config.pretrained, config.model)
+            abstract, config.pretrained, config.model)
     except pretrained.WeightsError as e:
         raise config_lib.ConfigError(f"config.pretrained: {e}") from None
     logging.info("pretrained: %s", description)
+    return {"params": variables["params"]["trunk"],
+            "batch_stats": variables.get("batch_stats", {}).get("trunk", {})}
+
+
+def _with_trunk(state: TrainState, trunk: dict) -> TrainState:
+    """``state`` with ``trunk`` (from `_read_pretrained`) in place of its trunk."""
     put = functools.partial(jax.device_put, device=state.step.sharding)
-    return state.replace(params={**state.params, "model": put(variables["params"])},
-                         batch_stats=put(variables["batch_stats"]))
+    params = {**state.params["model"], "trunk": put(trunk["params"])}
+    batch_stats = dict(state.batch_stats)
+    if trunk["batch_stats"]:
+        batch_stats["trunk"] = put(trunk["batch_stats"])
+    return state.replace(params={**state.params, "model": params}, batch_stats=batch_stats)
 
 
 def _trained_and_frozen(params, config) -> str:
@@ -429,6 +442,11 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
                                       config.keep_checkpoints)
     best_ckpt = checkpointing.Checkpointer(os.path.join(workdir, "best"), 1)
 
+    # A pretrained trunk is read (and checked) before anything compiles; a resumed run
+    # restores its own checkpoint instead.
+    trunk = None
+    if config.get("pretrained") and not ckpt.all_steps() and not config.init_from:
+        trunk = _read_pretrained(config, model)
     state = steps.init(jax.random.key(config.seed))
     meta = {"step": 0, "best_score": None, "best_step": None, "bad_evals": 0}
     restored = ckpt.restore_latest(checkpointing.abstract_like(state))
@@ -437,8 +455,8 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
         logging.info("Resumed from %s at step %d", ckpt.directory, meta["step"])
     elif config.init_from:
         state = _restore_init_from(config.init_from, state)
-    elif config.get("pretrained"):
-        state = _load_pretrained(config, state)
+    elif trunk is not None:
+        state = _with_trunk(state, trunk)
     if config.get("freeze"):
         logging.info("freeze=%s: %s", config.freeze, _trained_and_frozen(state.params, config))
     start = int(meta["step"])

@@ -132,8 +132,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_data_dir
 
 def test_damaged_latest_checkpoint_falls_back_to_the_one_before(small_data_dir, tmp_path,
                                                                 caplog):
-    config = tiny_config(small_data_dir)
-    train.train_and_evaluate(config, str(tmp_path))
+    # Validation only at the last step: best/ holds step 6, checkpoints/ holds 3 and 6.
+    config = tiny_config(small_data_dir, eval_every_steps=6)
+    first = train.train_and_evaluate(config, str(tmp_path))
+    assert checkpointing.Checkpointer(str(tmp_path / "best")).all_steps() == [6]
     state_dir = tmp_path / "checkpoints" / "6" / "state"
     for root, _, files in os.walk(state_dir):
         for name in files:
@@ -148,8 +150,12 @@ def test_damaged_latest_checkpoint_falls_back_to_the_one_before(small_data_dir, 
     assert meta["step"] == 3
     assert "checkpoints/6 does not restore" in caplog.text
     assert any(n.startswith("6.damaged-") for n in os.listdir(tmp_path / "checkpoints"))
-    # Rerunning the same command resumes from step 3 and finishes again.
-    assert train.train_and_evaluate(config, str(tmp_path))["steps"] == 6
+    # Rerunning the same command resumes from step 3 and passes step 6 again, where best/
+    # already holds a checkpoint: it is replaced, and the run ends as the first one did.
+    again = train.train_and_evaluate(config, str(tmp_path))
+    assert again["steps"] == 6 and again["best_step"] == 6
+    assert again["test"] == first["test"]
+    assert checkpointing.Checkpointer(str(tmp_path / "best")).all_steps() == [6]
 
 
 def test_lopo_trains_one_model_per_fold_and_pools_every_image(small_data_dir, tmp_path,
