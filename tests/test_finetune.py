@@ -13,7 +13,7 @@ from fgmask_jax.models import pretrained
 def resnet18_file(tmp_path_factory):
     """A ResNet-18 trunk (seed 7, non-trivial BatchNorm statistics) saved as torchvision does."""
     model = models.create_model("resnet18", {"gender": 2})
-    variables = model.init(jax.random.key(7), np.zeros((1, 32, 32, 3), np.float32))
+    variables = jax.jit(model.init)(jax.random.key(7), np.zeros((1, 32, 32, 3), np.float32))
     rng = np.random.default_rng(0)
     variables = {
         "params": variables["params"],
@@ -50,6 +50,10 @@ def test_pretrained_trunk_with_frozen_stages(small_data_dir, tmp_path, resnet18_
     report = (tmp_path / "report.md").read_text()
     assert f"trunk started from the pretrained weights {path}" in report
     assert "frozen: stem,layer1 (" in report and "parameters trained" in report
+
+    # Rerunning resumes the run's own checkpoint: the weights file is not read again.
+    config.pretrained = str(tmp_path / "moved-away.safetensors")
+    assert train.train_and_evaluate(config, str(tmp_path))["steps"] == 3
 
     # Back out in torchvision's layout: the trained trunk, array for array.
     out = export.export_trunk(str(tmp_path), str(tmp_path / "export"))
