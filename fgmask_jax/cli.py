@@ -19,6 +19,7 @@ Library logs (JAX, Orbax, TFDS, grain) are kept quiet; ``--verbosity=1`` shows t
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -76,7 +77,8 @@ def run(main: Callable[[list[str]], None], *, prog: str,
     `parse_flags`."""
 
     def guarded(argv):
-        from fgmask_jax import checkpointing  # after flag parsing: it starts JAX
+        # Imports JAX and Orbax: only after the flags parsed, so that a bad flag answers fast.
+        from fgmask_jax import checkpointing
         from fgmask_jax.evaluation import writers
 
         writers.quiet_library_logs()
@@ -91,7 +93,7 @@ def run(main: Callable[[list[str]], None], *, prog: str,
             fail(prog, str(e), 128 + e.signum)
         except KeyboardInterrupt as e:
             signum = signals.signum_of(e)
-            name = "SIGTERM" if signum == 15 else "Ctrl-C"
+            name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
             fail(prog, f"stopped by {name}; rerunning the same command resumes from what it "
                        "had written.", 128 + signum)
 

@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import signal
 import time
 from typing import Any
 
@@ -705,7 +706,7 @@ def _start_note(config, params) -> str:
 
 
 def _stopped_message(signum: int, step: int, total_steps: int, rest: str) -> str:
-    name = "SIGTERM" if signum == 15 else "Ctrl-C"
+    name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
     return f"stopped by {name} at step {step} of {total_steps}; {rest}"
 
 
