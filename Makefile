@@ -7,6 +7,17 @@ PIP_QUIET := PYTHONWARNINGS=ignore::UserWarning
 WORKDIR ?= workdir/demo
 DATA_DIR ?= $(HOME)/tensorflow_datasets
 
+# $(call make_venv,DIR,PIP_ARGS): a virtual environment in DIR with the project installed
+# (editable) with PIP_ARGS, e.g. '.[test]' and any extra packages; a comma in PIP_ARGS is
+# written $(comma), since call splits its arguments at commas.
+comma := ,
+define make_venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(PIP_QUIET) $(1)/bin/python -m pip install -q -e $(2)
+	touch $(1)/.installed
+endef
+
 .PHONY: demo test lint tfds-test torch-test onnx-test clean
 
 $(VENV)/.installed: pyproject.toml
@@ -32,10 +43,7 @@ test: $(VENV)/.installed
 # TFDS's own builder harness needs TensorFlow: it runs in a second environment so
 # that the main suite keeps proving nothing else does.
 $(VENV)-tf/.installed: pyproject.toml
-	test -x $(VENV)-tf/bin/python || $(PYTHON) -m venv $(VENV)-tf
-	$(VENV)-tf/bin/python -m pip install -q --upgrade pip
-	$(PIP_QUIET) $(VENV)-tf/bin/python -m pip install -q -e '.[test]' tensorflow-cpu dill
-	touch $@
+	$(call make_venv,$(VENV)-tf,'.[test]' tensorflow-cpu dill)
 
 tfds-test: $(VENV)-tf/.installed
 	$(VENV)-tf/bin/python -m pytest -q tfds_builder
@@ -43,20 +51,14 @@ tfds-test: $(VENV)-tf/.installed
 # Parity with torchvision itself (pretrained weights in and out): PyTorch in a third
 # environment, so that the main suite keeps proving nothing else needs it.
 $(VENV)-torch/.installed: pyproject.toml
-	test -x $(VENV)-torch/bin/python || $(PYTHON) -m venv $(VENV)-torch
-	$(VENV)-torch/bin/python -m pip install -q --upgrade pip
-	$(PIP_QUIET) $(VENV)-torch/bin/python -m pip install -q -e '.[test,bench]'
-	touch $@
+	$(call make_venv,$(VENV)-torch,'.[test$(comma)bench]')
 
 torch-test: $(VENV)-torch/.installed
 	$(VENV)-torch/bin/python -m pytest -q tests/test_pretrained.py
 
 # ONNX export checked with onnxruntime; jax2onnx pins its own orbax, so a fourth environment.
 $(VENV)-onnx/.installed: pyproject.toml
-	test -x $(VENV)-onnx/bin/python || $(PYTHON) -m venv $(VENV)-onnx
-	$(VENV)-onnx/bin/python -m pip install -q --upgrade pip
-	$(PIP_QUIET) $(VENV)-onnx/bin/python -m pip install -q -e '.[test,onnx]'
-	touch $@
+	$(call make_venv,$(VENV)-onnx,'.[test$(comma)onnx]')
 
 onnx-test: $(VENV)-onnx/.installed
 	$(VENV)-onnx/bin/python -m pytest -q tests/test_export.py

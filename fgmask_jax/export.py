@@ -94,7 +94,7 @@ def export_run(workdir: str, out: str, *, fold: int | None = None,
                              platforms=platforms)(
         jax.ShapeDtypeStruct((batch, size, size, 3), np.uint8)
     )
-    out = os.path.abspath(os.path.expanduser(out))
+    out = cli.absolute(out)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, MODEL_FILE), "wb") as f:
         f.write(exported.serialize())
@@ -163,7 +163,7 @@ def export_onnx(workdir: str, out: str, *, fold: int | None = None) -> str:
                     [jax.ShapeDtypeStruct((batch, size, size, 3), np.uint8)],
                     model_name=f"fgmask_jax_{config.model}", opset=ONNX_OPSET,
                     input_names=[ONNX_INPUT], output_names=outputs)
-    out = os.path.abspath(os.path.expanduser(out))
+    out = cli.absolute(out)
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, ONNX_FILE)
     onnx.save_model(model, path)  # one file: the weights inside (< 2 GB for every model)

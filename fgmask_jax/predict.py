@@ -242,7 +242,7 @@ def _missing_run(path: str, what: str) -> FileNotFoundError:
 
 def run_folder(workdir: str, fold: int | None = None) -> str:
     """The folder of the one model in ``workdir`` (``fold_<K>`` of a leave-persons-out run)."""
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    workdir = cli.absolute(workdir)
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"{workdir}: no such folder")
     folds = sorted(int(n.split("_", 1)[1]) for n in os.listdir(workdir)
@@ -345,7 +345,7 @@ class Predictor:
     def from_workdir(cls, path: str, *, fold: int | None = None,
                      batch_size: int = 32) -> Predictor:
         """The best checkpoint of the run in ``path``, or the artifact of an `export` folder."""
-        path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        path = cli.absolute(os.fspath(path))
         if os.path.isfile(os.path.join(path, EXPORT_META)):
             return cls.from_export(path, batch_size)
         config, variables, info = load_run(path, fold)
@@ -571,7 +571,7 @@ def run(workdir: str, images: Sequence[str], out: str | None = None, *, batch_si
         raise cli.UserError(f"--faces={faces}: use none or detect")
     if batch_size < 1:
         raise cli.UserError(f"--batch_size={batch_size}: must be >= 1")
-    out = os.path.abspath(os.path.expanduser(out)) if out else None
+    out = cli.absolute(out)
     if out and not out.lower().endswith((".csv", ".jsonl")):
         raise cli.UserError(f"--out={out}: name a .csv or a .jsonl file")
     files, skipped = find_images(images)

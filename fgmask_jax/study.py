@@ -43,8 +43,7 @@ from fgmask_jax import cli, config_lib
 from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.evaluation import bootstrap
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "configs")
+CONFIGS_DIR = config_lib.CONFIGS_DIR
 TASKS = tuple(labels_lib.TASKS)
 METHODS = ("lbp", "tiny_image", "vgg_face", "eigenface", "single_task_cnn",
            "single_task_resnet", "multitask_cnn", "multitask_resnet")
