@@ -1,5 +1,7 @@
 """Models: parameter counts, output shapes, head levels, dtypes, fast layers, real steps."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,7 @@ import pytest
 
 from fgmask_jax.models import MODELS, create_model, create_trunk
 from fgmask_jax.models.layers import Conv, conv_as_matmul, max_pool
-from fgmask_jax.models.vgg import adaptive_avg_pool, adaptive_bins
+from fgmask_jax.models.vgg import PooledDense, adaptive_avg_pool, adaptive_bins
 
 TASKS = {"age_group": 4, "gender": 2, "expression": 3}
 STUDY_DEPTHS = {"age_group": 3, "gender": 2, "expression": 1}
@@ -244,6 +246,28 @@ def test_adaptive_avg_pool_matches_torchvision_bins():
     pooled = adaptive_avg_pool(x2, 7)
     np.testing.assert_allclose(pooled[0, 3, 3, 0], jnp.mean(x2), atol=1e-6)
     np.testing.assert_allclose(pooled[0, 6, 0, 0], x2[0, 1, 0, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("side", [1, 2, 3, 7, 14])
+def test_fc6_with_the_pool_folded_in_is_pool_then_dense(side):
+    """VGG-16's fc6 on maps under 7x7 folds the pool into the kernel; values and gradients
+    are torchvision's pool, channel-first flatten and Dense."""
+    x = jax.random.normal(jax.random.key(9), (2, side, side, 8))
+    fc6 = PooledDense(16)
+    params = fc6.init(jax.random.key(10), x)["params"]
+
+    def reference(params, x):
+        flat = jnp.transpose(adaptive_avg_pool(x, 7), (0, 3, 1, 2)).reshape(2, -1)
+        return nn.Dense(16).apply({"params": params}, flat)
+
+    def folded(params, x):
+        return fc6.apply({"params": params}, x)
+
+    np.testing.assert_allclose(folded(params, x), reference(params, x), atol=1e-5)
+    for got, want in zip(jax.grad(lambda p, x: folded(p, x).sum(), (0, 1))(params, x),
+                         jax.grad(lambda p, x: reference(p, x).sum(), (0, 1))(params, x),
+                         strict=True):
+        jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-5), got, want)
 
 
 @pytest.mark.parametrize("name", ["resnet_tiny", "cnn"])

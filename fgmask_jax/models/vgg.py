@@ -81,15 +81,41 @@ class VGG16(nn.Module):
                 )(x)
                 x = nn.relu(x)
             x = max_pool(x, (2, 2), (2, 2))
-        x = adaptive_avg_pool(x, POOLED_SIZE)
-        x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
-        for name in ("fc6", "fc7"):
-            x = nn.Dense(
-                FC_UNITS,
-                dtype=self.dtype,
-                kernel_init=nn.initializers.normal(0.01),
-                name=name,
-            )(x)
-            x = nn.relu(x)
-            x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return x
+        x = PooledDense(FC_UNITS, dtype=self.dtype, name="fc6")(x)
+        x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x))
+        x = nn.Dense(FC_UNITS, dtype=self.dtype, kernel_init=nn.initializers.normal(0.01),
+                     name="fc7")(x)
+        return nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x))
+
+
+class PooledDense(nn.Module):
+    """fc6: torchvision's adaptive average pool to 7x7, channel-first flatten and Dense,
+    as one linear map of a float[B, h, w, C] map -> float[B, features].
+
+    The kernel is Dense's float32[C * 7 * 7, features] (torchvision's weight transposed).
+    For maps smaller than 7x7 (inputs under 224 px) the pool only repeats and averages
+    positions, so it is folded into the kernel once per call, C x h x w rows instead of
+    C x 49: at 64 px (a 2x2 map) each image's product is 12 times smaller, at 32 px 49.
+    """
+
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, c = x.shape
+        kernel = self.param("kernel", nn.initializers.normal(0.01),
+                            (c * POOLED_SIZE ** 2, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        if h * w >= POOLED_SIZE ** 2:  # pool the map, then the plain product
+            x = adaptive_avg_pool(x, POOLED_SIZE)
+            x = jnp.transpose(x, (0, 3, 1, 2)).reshape(b, -1)
+        else:  # fold the pool into the kernel: [C, 7, 7, F] -> [C, h, w, F]
+            rows = jnp.asarray(adaptive_bins(h, POOLED_SIZE))
+            cols = jnp.asarray(adaptive_bins(w, POOLED_SIZE))
+            kernel = jnp.einsum("cijf,ih,jw->chwf",
+                                kernel.reshape(c, POOLED_SIZE, POOLED_SIZE, -1), rows, cols,
+                                precision=lax.Precision.HIGHEST).reshape(c * h * w, -1)
+            x = jnp.transpose(x, (0, 3, 1, 2)).reshape(b, -1)
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+        return y + bias.astype(self.dtype)
