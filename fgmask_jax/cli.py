@@ -14,6 +14,10 @@
 - anything else is a bug and keeps its traceback.
 
 Library logs (JAX, Orbax, TFDS, grain) are kept quiet; ``--verbosity=1`` shows them.
+
+XLA's compiled programs are kept in a persistent cache (`compilation_cache_dir`), so
+that the second run of a config starts its first step without compiling again.
+``JAX_COMPILATION_CACHE_DIR`` chooses another folder; set empty, it turns the cache off.
 """
 
 from __future__ import annotations
@@ -26,6 +30,28 @@ from collections.abc import Callable
 from absl import app, flags
 
 from fgmask_jax import config_lib, signals
+
+# The cache's size bound (least recently used entries go first) unless
+# JAX_COMPILATION_CACHE_MAX_SIZE says otherwise.
+COMPILATION_CACHE_MAX_BYTES = 4 * 2**30
+
+
+def compilation_cache_dir() -> str:
+    """``$JAX_COMPILATION_CACHE_DIR`` if set (empty: no cache), else
+    ``$XDG_CACHE_HOME/fgmask_jax/xla`` (``~/.cache/fgmask_jax/xla``)."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(cache_home, "fgmask_jax", "xla")
+
+
+def use_compilation_cache() -> None:
+    """Turns on JAX's persistent compilation cache in `compilation_cache_dir`."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", compilation_cache_dir() or None)
+    if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
+        jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
 
 
 class UserError(Exception):
@@ -82,6 +108,7 @@ def run(main: Callable[[list[str]], None], *, prog: str,
         from fgmask_jax.evaluation import writers
 
         writers.quiet_library_logs()
+        use_compilation_cache()
         signals.terminate_like_interrupt()
         try:
             return main(argv)

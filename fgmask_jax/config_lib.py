@@ -13,6 +13,7 @@ import importlib.util
 import os
 
 import ml_collections
+from ml_collections import config_dict
 
 from fgmask_jax.data import labels as labels_lib
 
@@ -104,8 +105,12 @@ def neural_config(arg: str | None, *, tasks: tuple[str, ...], model: str = "resn
     # 0 = one fold per person (82 trainings on FGNET-MASK).
     c.lopo_folds = 10
     c.image_size = v.size
-    c.data_on_device = False  # decode the training split once and keep it on the device
-    c.workers = 0  # grain decoding processes; 0 decodes in the main process
+    # None (auto): decode the training and validation images once and keep them on every
+    # device when they fit (train.data_placement decides and logs it); True/False forces.
+    c.data_on_device = config_dict.placeholder(bool)
+    # grain decoding processes when the data stays on the host; None (auto): sized to the
+    # machine's cores; 0 decodes in the main process.
+    c.workers = config_dict.placeholder(int)
 
     c.tasks = tasks
     c.model = v.model
@@ -135,8 +140,12 @@ def neural_config(arg: str | None, *, tasks: tuple[str, ...], model: str = "resn
     c.seed = 0
     c.log_every_steps = 20
     c.eval_every_steps = 0  # 0: once per epoch
-    c.checkpoint_every_steps = 0  # 0: once per epoch
+    # 0: every checkpoint_every_secs of wall time (and at the end, on early stopping and on
+    # Ctrl-C/SIGTERM); > 0: every that many steps.
+    c.checkpoint_every_steps = 0
+    c.checkpoint_every_secs = 120.0
     c.keep_checkpoints = 3
+    c.saliency_images = 256  # test images whose Grad-CAM maps go in the report; 0: none
     c.early_stopping_metric = "loss"  # on the validation subset: loss | accuracy
     c.early_stopping_patience = 10  # evaluations without improvement; 0 disables
     c.init_from = ""  # another run's workdir or checkpoint folder, for fine-tuning
@@ -274,6 +283,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         pretrained.frozen_parts(config.model, config.freeze)
     except ValueError as e:
         raise ConfigError(f"config.freeze={config.freeze!r}: {e}") from None
+    if (config.get("workers") or 0) < 0:
+        raise ConfigError(f"config.workers={config.workers} must be >= 0 (or None: auto)")
     for key in ("batch_size", "image_size", "log_every_steps"):
         if config.get(key, 1) < 1:
             raise ConfigError(f"config.{key}={config.get(key)} must be at least 1")

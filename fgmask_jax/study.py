@@ -159,11 +159,12 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> None:
         for p in parents:
             node = node[p]
         old = node[leaf]
-        if isinstance(value, str) and not isinstance(old, str):
-            if isinstance(old, bool):
+        kind = type(old) if old is not None else node.get_ref(leaf).get_type()  # None: auto
+        if isinstance(value, str) and kind is not str:
+            if kind is bool:
                 value = value.lower() in ("1", "true", "yes")
-            elif isinstance(old, (int, float)):
-                value = type(old)(value)  # int("2.5") fails: no silent rounding
+            elif kind in (int, float):
+                value = kind(value)  # int("2.5") fails: no silent rounding
         elif isinstance(old, float) and isinstance(value, int):
             value = float(value)
         node[leaf] = value

@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import flax
@@ -34,6 +35,7 @@ from fgmask_jax.data import pipeline, splits
 from fgmask_jax.evaluation import calibration as calibration_lib
 from fgmask_jax.evaluation import metrics as metrics_lib
 from fgmask_jax.evaluation import report as report_lib
+from fgmask_jax.evaluation import saliency as saliency_lib
 from fgmask_jax.evaluation import subgroups as subgroups_lib
 from fgmask_jax.evaluation import writers
 from fgmask_jax.models import pretrained
@@ -245,6 +247,16 @@ class Steps:
             in_shardings=(self.replicated, self.data),
             out_shardings=self.data,
         )
+        # ... and an evaluation batch: index -1 pads the last one (masked out).
+        self.gather_eval = jax.jit(
+            lambda data, index: {**jax.tree.map(lambda a: a[jnp.maximum(index, 0)], data),
+                                 "mask": index >= 0},
+            in_shardings=(self.replicated, self.data),
+            out_shardings=self.data,
+        )
+        # A copy of the state in new buffers (the train step donates the state's).
+        self.copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree),
+                            in_shardings=self.replicated, out_shardings=self.replicated)
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
@@ -256,24 +268,42 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
 # --- evaluation -------------------------------------------------------------------------
 
 
-def evaluate(steps: Steps, state: TrainState, source, indices, config,
-             predictions_path: str | None = None, return_outputs: bool = False):
-    """Exact metrics over ``source[indices]``: {task: summary (see metrics.summarize) + loss}.
+def host_eval_batches(steps: Steps, source, indices, config, workers: int = 0) -> Iterator:
+    """Global evaluation batches of ``source[indices]``, decoded on the host (`pipeline`)."""
+    batches = pipeline.eval_batches(
+        source, indices, global_batch=config.batch_size, image_size=config.image_size)
+    return (pipeline.to_global(b, steps.data) for b in pipeline.iterate(batches, workers=workers))
 
-    ``return_outputs``: also the per-example outputs in ``indices``' order,
+
+def device_eval_batches(steps: Steps, data: dict, rows: np.ndarray, global_batch: int
+                        ) -> Iterator:
+    """Global evaluation batches of ``data``'s ``rows``, gathered on the device from the
+    replicated ``data`` (whole-dataset mode); the last batch is padded and masked."""
+    n_batches = max(1, math.ceil(len(rows) / global_batch))
+    padded = np.full(n_batches * global_batch, -1, np.int32)
+    padded[:len(rows)] = rows
+    local = pipeline.local_rows(global_batch)
+    for index in padded.reshape(n_batches, global_batch):
+        yield steps.gather_eval(data, jax.make_array_from_process_local_data(
+            steps.data, index[local]))
+
+
+def evaluate(steps: Steps, state: TrainState, batches, config,
+             predictions_path: str | None = None, return_outputs: bool = False):
+    """Exact metrics over evaluation ``batches`` (`host_eval_batches` or
+    `device_eval_batches`): {task: summary (see metrics.summarize) + loss}.
+
+    The outputs stay on the device until the pass ends, then come to the host at once.
+
+    ``return_outputs``: also the per-example outputs in the batches' order,
     (results, {subject_id, label_<task>, pred_<task>, logits_<task>: [N, ...]}).
 
     ``predictions_path``: process 0 also saves the per-example ``subject_id``,
     ``label_<task>`` and ``pred_<task>`` (int64[N], pads removed) there as .npz.
     """
-    batches = pipeline.eval_batches(
-        source, indices, global_batch=config.batch_size, image_size=config.image_size
-    )
-    outs = []
-    for batch in pipeline.iterate(batches, workers=config.workers):
-        out = steps.eval(state, pipeline.to_global(batch, steps.data))
-        outs.append(jax.device_get(multihost_utils.process_allgather(out, tiled=True)))
-    out = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    outs = [steps.eval(state, batch) for batch in batches]
+    out = jax.tree.map(lambda *xs: jnp.concatenate(xs), *outs) if len(outs) > 1 else outs[0]
+    out = jax.device_get(multihost_utils.process_allgather(out, tiled=True))
     mask = out["mask"]
     if predictions_path and jax.process_index() == 0:
         writers.write_predictions(predictions_path, out["subject_id"][mask],
@@ -411,6 +441,7 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
     ``test_name`` says in the log and report what was tested. Returns as
     `train_and_evaluate`.
     """
+    began = time.perf_counter()
     mesh = mesh or make_mesh()
     is_main = jax.process_index() == 0
     writers.write_config(workdir, config)
@@ -430,7 +461,6 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
         )
     total_steps = config.num_train_steps or int(math.ceil(config.num_epochs * steps_per_epoch))
     eval_every = config.eval_every_steps or steps_per_epoch
-    ckpt_every = config.checkpoint_every_steps or steps_per_epoch
     logging.info("%s/%s: %d fit, %d val, %d test examples; %d steps of %d on %d devices",
                  config.dataset, config.protocol, len(fit), len(val), len(test_indices),
                  total_steps, config.batch_size, mesh.size)
@@ -466,20 +496,35 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
         logging.info("Dropped best checkpoints of steps %s (after step %d, run again)",
                      dropped, start)
 
-    if config.data_on_device:
-        train_data = pipeline.load_all(train_source, fit, config.image_size, config.workers)
-        train_data = jax.device_put(train_data, steps.replicated)
+    on_device, workers, why = pipeline.placement(config, len(fit) + len(val))
+    if on_device:  # fit and validation images decoded once, replicated on every device
+        logging.info("data on device (%s): decoding %d images once", why, len(fit) + len(val))
+        data = jax.device_put(pipeline.load_all(train_source, np.concatenate([fit, val]),
+                                                config.image_size, workers), steps.replicated)
         order = pipeline.batch_order(np.arange(len(fit)), global_batch=config.batch_size,
                                      seed=config.seed)
-        batches = (steps.gather(train_data, jax.make_array_from_process_local_data(
+        batches = (steps.gather(data, jax.make_array_from_process_local_data(
             steps.data, ix)) for ix in pipeline.iterate(order, start))
+        val_rows = np.arange(len(fit), len(fit) + len(val))
+
+        def val_batches():
+            return device_eval_batches(steps, data, val_rows, config.batch_size)
     else:
+        logging.info("data on host (%s): grain with %d decoding processes", why, workers)
         host = pipeline.train_batches(train_source, fit, global_batch=config.batch_size,
                                       image_size=config.image_size, seed=config.seed)
         batches = (pipeline.to_global(b, steps.data)
-                   for b in pipeline.iterate(host, start, config.workers))
+                   for b in pipeline.iterate(host, start, workers))
+
+        def val_batches():
+            return host_eval_batches(steps, train_source, val, config, workers)
 
     stopped_early = False
+    # The best validation state is copied on the device and written to best/ with the next
+    # checkpoint (on time, at the end, on early stopping or a signal), not when it happens.
+    best_state = None
+    last_save = time.monotonic()
+    first_step_s = loop_began = None
     pending = None  # (step, metrics) of the step before: checked one step late, to keep
     t0, n0 = time.perf_counter(), start  # the device busy while the host waits
     reached, saved = start, start  # the last step computed, the last one checkpointed
@@ -491,6 +536,11 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
             for step in range(start + 1, total_steps + 1):
                 state, scalars = steps.train(state, next(batches))
                 reached = step
+                if first_step_s is None:  # data, initialisation and compilation
+                    jax.block_until_ready(scalars)
+                    loop_began = time.perf_counter()
+                    first_step_s = loop_began - began
+                    logging.info("first step done %.1fs after the run started", first_step_s)
                 if pending is not None:
                     _check_finite(*pending, ckpt)
                 pending = (step, scalars)
@@ -509,12 +559,12 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
                     t0, n0 = time.perf_counter(), step
                 if step % eval_every == 0 or step == total_steps:
                     _check_finite(*pending, ckpt)
-                    results = evaluate(steps, state, train_source, val, config)
+                    results = evaluate(steps, state, val_batches(), config)
                     writer.write(step, _flat(results, "val"))
                     score = _selection_score(results, config.early_stopping_metric)
                     if meta["best_score"] is None or score > meta["best_score"]:
                         meta.update(best_score=score, best_step=step, bad_evals=0)
-                        best_ckpt.save(step, state, {**meta, "step": step})
+                        best_state = steps.copy(state)
                     else:
                         meta["bad_evals"] += 1
                     logging.info("step %d validation %s (best %.4f at step %s)", step,
@@ -525,11 +575,16 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
                         logging.info("Early stop at step %d: no better validation %s in %d "
                                      "evaluations", step, config.early_stopping_metric, patience)
                         stopped_early = True
-                if (step % ckpt_every == 0 or step == total_steps or stopped_early
-                        or stop.signum is not None):
+                if (step == total_steps or stopped_early or stop.signum is not None
+                        or _checkpoint_due(config, step, last_save, eval_every)):
                     _check_finite(*pending, ckpt)
+                    if best_state is not None:
+                        best_ckpt.save(meta["best_step"], best_state,
+                                       {**meta, "step": meta["best_step"]})
+                        best_state = None
                     meta["step"] = saved = step
                     ckpt.save(step, state, meta)
+                    last_save = time.monotonic()
                 if stop.signum is not None:
                     ckpt.wait()
                     best_ckpt.wait()
@@ -552,14 +607,22 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
     finally:  # an interrupted run still completes the saves it started
         ckpt.wait()
         best_ckpt.wait()
+    timing = {"first_step_s": first_step_s}
+    if loop_began is not None and reached > start + 1:  # the steps after the first
+        seconds = time.perf_counter() - loop_began
+        timing.update(train_s=seconds,
+                      train_images_per_s=(reached - start - 1) * config.batch_size / seconds)
+        logging.info("trained %d steps in %.1fs after the first: %.1f img/s with validation "
+                     "and checkpoints", reached - start - 1, seconds,
+                     timing["train_images_per_s"])
     # The test split is read once, by the best model on the validation subset.
     state, tested_step = _restore_best(state, meta, best_ckpt, ckpt)
     ckpt.close()
     best_ckpt.close()
-    test, test_out = evaluate(steps, state, test_source, test_indices, config,
-                              os.path.join(workdir, "predictions.npz"), return_outputs=True)
-    validation, val_out = evaluate(steps, state, train_source, val, config,
-                                   return_outputs=True)
+    test, test_out = evaluate(
+        steps, state, host_eval_batches(steps, test_source, test_indices, config, workers),
+        config, os.path.join(workdir, "predictions.npz"), return_outputs=True)
+    validation, val_out = evaluate(steps, state, val_batches(), config, return_outputs=True)
     sections = {"test": test, "validation": validation}
 
     def by_task(out, key):
@@ -585,7 +648,7 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
         with (epath.Path(workdir) / "results.json").open("w") as f:
             json.dump({"best_step": meta["best_step"], "steps": int(meta["step"]), **sections,
                        "calibration": calibration_lib.scalars(calibration),
-                       "subgroups": subgroups}, f, indent=1)
+                       "subgroups": subgroups, "timing": timing}, f, indent=1)
         report_lib.write_report(
             workdir,
             f"{config.model} on {config.dataset}, protocol={config.protocol}",
@@ -601,11 +664,15 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
                 "majority rate: the accuracy of always answering the most frequent true class",
             ],
         )
-        report_lib.append_sections(workdir, [
-            report_lib.calibration_section(workdir, calibration),
-            report_lib.subgroup_section(subgroups)])
+        sections_md = [report_lib.calibration_section(workdir, calibration),
+                       report_lib.subgroup_section(subgroups)]
+        if config.get("saliency_images", 0) > 0:
+            sections_md.append(_saliency_section(workdir, model, state, test_source,
+                                                 test_indices, config))
+        report_lib.append_sections(workdir, sections_md)
     return {"steps": int(meta["step"]), "best_step": meta["best_step"], **sections,
-            "calibration": calibration_lib.scalars(calibration), "subgroups": subgroups}
+            "calibration": calibration_lib.scalars(calibration), "subgroups": subgroups,
+            "timing": timing}
 
 
 def train_lopo(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict:
@@ -690,6 +757,24 @@ def train_lopo(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> di
     return {"steps": steps, "folds": fold_results, "test": test}
 
 
+def _saliency_section(workdir: str, model, state: TrainState, source, indices,
+                      config) -> str:
+    """Grad-CAM of each task head over the first ``config.saliency_images`` test images:
+    the report's figure and the share of attribution in the upper and lower half of the
+    face (where masks sit). Runs on this process's devices only."""
+    images = pipeline.load_all(source, np.asarray(indices)[:config.saliency_images],
+                               config.image_size)["image"]
+    variables = jax.device_get(_variables(state.params, state.batch_stats))
+    x = np.asarray(pipeline.normalize(images, jnp.float32))
+    h, w = images.shape[1:3]
+    upper = saliency_lib.rows_above(h, w, h // 2)
+    summary = saliency_lib.summarize_grad_cam(
+        model, variables, x, regions={"upper half": upper, "lower half (mask)": ~upper},
+        batch_size=min(config.batch_size, len(x)))
+    return report_lib.saliency_section(workdir, images.mean(0), summary["maps"],
+                                       summary["shares"], method="Grad-CAM")
+
+
 def _start_note(config, params) -> str:
     """Where the weights came from and what was trained, for the report."""
     if config.get("init_from"):
@@ -725,6 +810,21 @@ def _restore_best(state: TrainState, meta: dict, *checkpointers) -> tuple[TrainS
     logging.warning("No checkpoint of the best validation step %s is left; testing the model "
                     "of step %d instead.", best, meta["step"])
     return state, int(meta["step"])
+
+
+def _checkpoint_due(config, step: int, last_save: float, eval_every: int) -> bool:
+    """Whether ``step`` is a checkpoint step besides the last one: every
+    ``config.checkpoint_every_steps`` steps, or when 0, the first log or validation step
+    ``config.checkpoint_every_secs`` after the last save (every process agrees: process 0's
+    clock decides)."""
+    if config.checkpoint_every_steps:
+        return step % config.checkpoint_every_steps == 0
+    if step % config.log_every_steps and step % eval_every:
+        return False
+    due = time.monotonic() - last_save >= config.get("checkpoint_every_secs", 120.0)
+    if jax.process_count() > 1:
+        due = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+    return due
 
 
 def _check_finite(step: int, scalars: dict, ckpt: checkpointing.Checkpointer) -> None:

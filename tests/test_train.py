@@ -72,6 +72,9 @@ def test_train_and_evaluate_writes_metrics_checkpoints_and_report(small_data_dir
     gender = saved["subgroups"]["gender"]
     assert sum(g["n"] for g in gender.values()) == 15
     assert "## Accuracy by subgroup (test)" in report
+    # Grad-CAM of every head over the test images: a figure and the shares of the halves.
+    assert "## Where the model looks (test)" in report and (tmp_path / "saliency_test.png").exists()
+    assert "| age_group | 15 |" in report.split("## Where the model looks")[1]
     # The predictor applies the run's temperatures.
     from fgmask_jax import predict
 
@@ -202,3 +205,48 @@ def test_lopo_trains_one_model_per_fold_and_pools_every_image(small_data_dir, tm
     with pytest.raises(ValueError, match=r"fold_1 tested other persons .* delete .*/fold_\*"):
         train.train_and_evaluate(config, str(tmp_path))
     assert not calls
+
+
+def test_data_on_device_and_on_host_train_the_same_model(small_data_dir, tmp_path):
+    results = {}
+    for on_device in (True, False):
+        config = tiny_config(small_data_dir, data_on_device=on_device, workers=0)
+        results[on_device] = train.train_and_evaluate(config, str(tmp_path / str(on_device)))
+    jax.tree.map(np.testing.assert_array_equal, final_state(tmp_path / "True")[1],
+                 final_state(tmp_path / "False")[1])
+    assert results[True]["test"] == results[False]["test"]
+    assert results[True]["validation"] == results[False]["validation"]
+
+
+def test_placement_takes_the_config_or_the_free_memory():
+    config = tiny_config("", data_on_device=None, workers=None)
+    assert config_lib.load("configs/multitask.py").data_on_device is None  # auto by default
+    on, workers, why = pipeline.placement(config, 60)
+    assert on and workers == pipeline.auto_workers() and "MiB, within 25%" in why
+    on, _, why = pipeline.placement(config, 10**12)  # 3 PB of images
+    assert not on and "more than 25%" in why
+    config.update(data_on_device=False, workers=3)
+    assert pipeline.placement(config, 60) == (False, 3, "config.data_on_device=False")
+    assert [pipeline.auto_workers(n) for n in (1, 2, 4, 16, 64)] == [0, 0, 2, 8, 8]
+
+
+def test_checkpoints_on_time_and_best_with_the_next_one(small_data_dir, tmp_path):
+    # checkpoint_every_secs=0: a checkpoint at every log (2, 4, 6) and validation (3, 6) step.
+    config = tiny_config(small_data_dir, checkpoint_every_steps=0, checkpoint_every_secs=0.0,
+                         keep_checkpoints=10, early_stopping_metric="accuracy")
+    results = train.train_and_evaluate(config, str(tmp_path / "often"))
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "often" / "checkpoints"))
+    assert ckpt.all_steps() == [2, 3, 4, 6]
+    best = checkpointing.Checkpointer(str(tmp_path / "often" / "best"), 1)
+    assert best.all_steps() == [results["best_step"]]
+    state, meta = best.restore(results["best_step"], None)
+    assert meta["step"] == results["best_step"] == int(state["step"])
+    # A long interval: only the last step is saved, and best/ with it.
+    config.checkpoint_every_secs = 3600.0
+    again = train.train_and_evaluate(config, str(tmp_path / "rarely"))
+    assert checkpointing.Checkpointer(str(tmp_path / "rarely" / "checkpoints")).all_steps() == [6]
+    assert checkpointing.Checkpointer(str(tmp_path / "rarely" / "best")).all_steps() == [
+        again["best_step"]]
+    assert again["test"] == results["test"]
+    timing = json.loads((tmp_path / "rarely" / "results.json").read_text())["timing"]
+    assert timing["first_step_s"] > 0 and timing["train_images_per_s"] > 0

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from fgmask_jax.data import labels as labels_lib
 
@@ -137,7 +138,7 @@ class _LoadBatch:
         return batch
 
 
-def _local_rows(global_batch: int) -> slice:
+def local_rows(global_batch: int) -> slice:
     """This process's rows of a global batch."""
     count, index = jax.process_count(), jax.process_index()
     if global_batch % count:
@@ -160,7 +161,7 @@ def batch_order(indices: np.ndarray, *, global_batch: int, seed: int) -> grain.M
             f"the training split has {len(indices)} examples, fewer than batch_size "
             f"{global_batch}: lower config.batch_size"
         )
-    rows = _local_rows(global_batch)
+    rows = local_rows(global_batch)
     return (
         grain.MapDataset.source(np.asarray(indices))
         .seed(seed)
@@ -186,7 +187,7 @@ def eval_batches(
     The last batch is padded with masked rows (``batch['mask']`` False), so every
     process runs the same number of steps and no example is counted twice.
     """
-    rows = _local_rows(global_batch)
+    rows = local_rows(global_batch)
     n_batches = max(1, math.ceil(len(indices) / global_batch))
     padded = np.full(n_batches * global_batch, -1, np.int64)
     padded[: len(indices)] = indices
@@ -223,6 +224,58 @@ def load_all(source, indices: np.ndarray, image_size: int, workers: int = 0) -> 
     batch = {k: np.concatenate([c[k] for c in loaded]) for k in loaded[0]}
     del batch["mask"]
     return batch
+
+
+# Whole-dataset mode uses at most this share of a device's free memory: the model, its
+# optimiser state and the activations of a step need the rest.
+DEVICE_MEMORY_SHARE = 0.25
+
+
+def auto_workers(cpus: int | None = None) -> int:
+    """Decoding processes for a host pipeline: half the cores, at most 8; none on 2 cores or
+    fewer, where the step itself needs them."""
+    if cpus is None:
+        cpus = os.cpu_count() or 1
+    return 0 if cpus <= 2 else min(cpus // 2, 8)
+
+
+def free_memory(device: jax.Device) -> int:
+    """Bytes free on ``device``: its allocator's limit less what is in use (GPU, TPU), or the
+    host's available memory (CPU, whose devices share it)."""
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    with open("/proc/meminfo") as f:  # Linux; elsewhere, assume it does not fit
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+                # The CPU devices of one process share the host memory.
+                return available // max(1, len(jax.local_devices()))
+    return 0
+
+
+def placement(config, num_images: int) -> tuple[bool, int, str]:
+    """(data on device, decoding workers, why): ``config.data_on_device`` and
+    ``config.workers`` when set, else decided here.
+
+    The data goes on the device when ``num_images`` uint8 images of ``config.image_size``
+    take at most `DEVICE_MEMORY_SHARE` of the free memory of this process's first device
+    (every device holds a copy; in a cluster, the least free of any process decides, so
+    that every process takes the same path). Otherwise `auto_workers` decode on the host.
+    """
+    size = num_images * config.image_size ** 2 * 3
+    workers = auto_workers() if config.get("workers") is None else config.workers
+    if config.get("data_on_device") is not None:
+        on = bool(config.data_on_device)
+        return on, workers, f"config.data_on_device={on}"
+    free = free_memory(jax.local_devices()[0])
+    if jax.process_count() > 1:
+        free = int(np.min(multihost_utils.process_allgather(np.int64(free))))
+    on = size <= DEVICE_MEMORY_SHARE * free
+    why = (f"{num_images} images take {size / 2**20:,.0f} MiB, "
+           f"{'within' if on else 'more than'} {DEVICE_MEMORY_SHARE:.0%} of the "
+           f"{free / 2**30:,.1f} GiB free on {jax.local_devices()[0].platform}")
+    return on, workers, why
 
 
 def normalize(images: jax.Array, dtype=jnp.float32) -> jax.Array:

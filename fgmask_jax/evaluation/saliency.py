@@ -313,9 +313,6 @@ def summarize_attributions(apply_fn: ApplyFn, variables, images: np.ndarray, *,
                            blur_sigma: float | None = None) -> dict:
     """Integrated gradients over a set of images, in fixed-size batches, summarised.
 
-    The last batch is padded to ``batch_size`` (pads dropped after) so that one
-    compiled program serves every batch.
-
     Args:
       apply_fn, variables, steps, score: as `integrated_gradients`.
       images: float[N, H, W, C] in the model's input space.
@@ -328,6 +325,32 @@ def summarize_attributions(apply_fn: ApplyFn, variables, images: np.ndarray, *,
       {"mean_image": float64[H, W, C], "maps": {task: float64[H, W] (`mean_map`)},
       "shares": {task: {region: float64[N]}}, "n": N}.
     """
+    def explain(batch):
+        baselines = None if blur_sigma is None else blurred(batch, blur_sigma)
+        return integrated_gradients(apply_fn, variables, batch, baselines=baselines,
+                                    steps=steps, score=score)
+
+    return summarize(explain, images, regions, batch_size)
+
+
+def summarize_grad_cam(model: nn.Module, variables, images: np.ndarray, *,
+                       regions: Mapping[str, np.ndarray] | None = None,
+                       batch_size: int = 32, score: str = "logit") -> dict:
+    """`grad_cam` (at the last spatial map) over a set of images, summarised as
+    `summarize_attributions`; one forward and backward pass per batch."""
+    layer = last_feature_map(model, variables, jnp.asarray(images[:batch_size], jnp.float32))
+    return summarize(lambda batch: grad_cam(model, variables, batch, layer=layer, score=score),
+                     images, regions, batch_size)
+
+
+def summarize(explain: Callable[[np.ndarray], Mapping[str, jax.Array]], images: np.ndarray,
+              regions: Mapping[str, np.ndarray] | None, batch_size: int) -> dict:
+    """``explain`` (a batch float[B, H, W, C] -> {task: maps float[B, H, W]}) over
+    ``images`` in batches of ``batch_size``, summarised (see `summarize_attributions`).
+
+    The last batch is padded to ``batch_size`` (pads dropped after) so that one
+    compiled program serves every batch.
+    """
     images = np.asarray(images, np.float32)
     n = len(images)
     if not n:
@@ -339,10 +362,7 @@ def summarize_attributions(apply_fn: ApplyFn, variables, images: np.ndarray, *,
         if real < batch_size:
             pad = np.repeat(batch[-1:], batch_size - real, axis=0)
             batch = np.concatenate([batch, pad])
-        baselines = None if blur_sigma is None else blurred(batch, blur_sigma)
-        maps = integrated_gradients(apply_fn, variables, batch, baselines=baselines,
-                                    steps=steps, score=score)
-        for task, m in maps.items():
+        for task, m in explain(batch).items():
             per_task.setdefault(task, []).append(np.asarray(m)[:real])
     maps = {t: np.concatenate(ms) for t, ms in per_task.items()}
     regions = dict(regions or {})
