@@ -17,8 +17,9 @@ from ml_collections import config_dict
 
 from fgmask_jax.data import labels as labels_lib
 
-DATASETS = {"fgnet_mask": "fgnet_mask", "synthetic": "synthetic_masked_faces"}
-PROTOCOLS = ("study", "subject", "lopo")
+DATASETS = {"fgnet_mask": "fgnet_mask", "synthetic": "synthetic_masked_faces",
+            "synthetic_paired": "synthetic_masked_faces/paired"}
+PROTOCOLS = ("study", "subject", "photo", "lopo")
 OPTIMIZERS = ("sgd", "adamw")
 RECIPES = ("default", "study")
 LR_SCHEDULES = ("cosine", "constant")

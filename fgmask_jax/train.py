@@ -344,6 +344,8 @@ def fit_val_indices(labels: dict[str, np.ndarray], config) -> tuple[np.ndarray, 
     lopo): indices into ``labels``' arrays."""
     if config.protocol in ("subject", "lopo"):
         return splits.subject_split(labels["subject_id"], config.seed, config.val_fraction)
+    if config.protocol == "photo":  # copies of one photo on one side only
+        return splits.photo_split(labels["photo_id"], config.seed, config.val_fraction)
     return splits.study_split(len(labels["subject_id"]), config.seed, config.val_fraction)
 
 
@@ -632,12 +634,14 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
     calibration = calibration_lib.calibrate_tasks(
         by_task(val_out, "logits"), by_task(val_out, "label"),
         by_task(test_out, "logits"), by_task(test_out, "label"))
-    test_labels = {k: v[np.asarray(test_indices)]
-                   for k, v in pipeline.read_labels(test_source).items()}
+    test_ix = np.asarray(test_indices)
+    groups = {g: v[test_ix] for g, v in pipeline.read_labels(test_source).items()
+              if g in labels_lib.TASKS}
+    if (kinds := pipeline.read_mask_kinds(test_source)) is not None:
+        groups["mask_kind"] = kinds[test_ix]
     subgroups = subgroups_lib.subgroup_accuracy(
         {t: test_out[f"label_{t}"] for t in config.tasks},
-        {t: test_out[f"pred_{t}"] for t in config.tasks}, test_out["subject_id"],
-        {g: test_labels[g] for g in labels_lib.TASKS},
+        {t: test_out[f"pred_{t}"] for t in config.tasks}, test_out["subject_id"], groups,
         group_names=dict(labels_lib.TASKS), seed=config.seed)
     writer.write(int(meta["step"]), _flat(sections["test"], "test"))
     writer.close()

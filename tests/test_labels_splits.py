@@ -11,6 +11,7 @@ from fgmask_jax.data import labels, splits
         ("082A45_02_02.JPG", (82, 45, 1, 1)),
         ("010A10_01_03.png", (10, 10, 0, 2)),
         ("010A19b_00_07 (11).jpeg", (10, 19, 1, 2)),
+        ("001A43a_01_02 (0).jpg", (1, 43, 0, 1)),  # a synthetic unmasked twin
     ],
 )
 def test_parse_filename(name, expected):
@@ -51,3 +52,21 @@ def test_person_folds_test_every_person_once():
         assert set(subjects[train]).isdisjoint(subjects[test])
         tested += list(test)
     assert sorted(tested) == list(range(30))
+
+
+def test_photo_split_never_splits_a_photo():
+    rng = np.random.default_rng(0)
+    photos = np.repeat(np.arange(1, 101), rng.integers(1, 6, 100))  # 1 to 5 copies each
+    photos = photos[rng.permutation(len(photos))]
+    train, test = splits.photo_split(photos)
+    assert set(photos[train]).isdisjoint(photos[test])
+    assert len(np.unique(photos[test])) == 25  # ceil(0.25 * 100) photos
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(len(photos)))
+    assert np.array_equal(test, np.sort(test)) and np.array_equal(train, np.sort(train))
+    assert not np.array_equal(test, splits.photo_split(photos, seed=1)[1])
+
+
+def test_photo_split_of_one_image_per_photo_is_the_study_split():
+    photos = np.random.default_rng(1).permutation(np.arange(1000, 1400))  # any unique ids
+    for a, b in zip(splits.photo_split(photos), splits.study_split(len(photos)), strict=True):
+        np.testing.assert_array_equal(a, b)

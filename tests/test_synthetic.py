@@ -1,6 +1,11 @@
-"""The synthetic masked-face generator: label balance, determinism, names, pixels."""
+"""The synthetic masked-face generator: label balance, determinism, names, pixels; the
+photo mode's masked copies and unmasked twins."""
 
 from __future__ import annotations
+
+import hashlib
+import itertools
+import json
 
 import cv2
 import numpy as np
@@ -79,10 +84,12 @@ def test_examples_have_the_promised_fields(small_set):
         "gender",
         "expression",
         "subject_id",
+        "photo_id",
         "filename",
         "mask_kind",
         "jpeg_quality",
     ]
+    assert [ex["photo_id"] for ex in small_set] == list(range(1, 25))  # each its own photo
     for ex in small_set:
         assert ex["image"].dtype == np.uint8 and ex["image"].shape == (64, 64, 3)
         assert ex["age_group"] == labels.age_group(ex["age"])
@@ -167,3 +174,143 @@ def test_expression_is_readable_above_the_mask():
     pred = np.array([happy, unhappy])[((x[held, None] - means) ** 2).sum(-1).argmin(1)]
     recall = [np.mean(pred[y[held] == c] == c) for c in (happy, unhappy)]
     assert np.mean(recall) > 0.7, recall  # chance: 0.5
+
+
+# ----------------------------------------------------------------------------- default kept
+
+# sha256 over the first five examples of `generate` (image bytes, then every other field
+# but photo_id as sorted JSON), recorded from the generator before photo mode existed: the
+# README's demo numbers rest on these images. A change means the default and small data
+# sets changed (or numpy's or OpenCV's drawing did).
+FIRST_FIVE = {
+    (60, 12, 0, 32): "cd8770d5b4a6751bd54dd075cfc7fe2c6f8b3c53648f1d6da0a810d0e87e1066",
+    (3404, 82, 0, 128): "27b13941522b445982aa49e2662c73faefb807a0b1738935bb8655216e807d05",
+}
+
+
+def _digest(examples) -> str:
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(ex["image"].tobytes())
+        rest = {k: v for k, v in ex.items() if k not in ("image", "photo_id")}
+        h.update(json.dumps(rest, sort_keys=True, default=int).encode())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("args", sorted(FIRST_FIVE))
+def test_default_mode_draws_what_it_always_drew(args):
+    first = list(itertools.islice(synthetic.generate(*args), 5))
+    assert _digest(first) == FIRST_FIVE[args]
+    assert [ex["photo_id"] for ex in first] == [1, 2, 3, 4, 5]
+
+
+# ----------------------------------------------------------------------------- photo mode
+
+PAIRED_SMALL = dict(num_examples=68, num_subjects=6, seed=0, image_size=32,
+                    copies_per_photo=3.4, twins=True)  # the paired_small config
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[tuple[synthetic.PhotoSpec, list[dict], np.ndarray]]:
+    """Every photo of paired_small: (spec, its copies then its twin, landmarks)."""
+    return [(spec, *synthetic.render_photo(spec)) for spec in synthetic.photo_specs(**PAIRED_SMALL)]
+
+
+def _mask_region(landmarks: np.ndarray, kind: str, hw: tuple[int, int]):
+    """(inside, outside): bool[H, W] fully under the mask polygon, and untouched by the mask
+    and its loops, as `masks.render_mask` draws them (its own geometry helpers)."""
+    from fgmask_jax.masks import render
+
+    points = landmarks.astype(np.float64)
+    frame = render._face_frame(points)
+    shape = render._mask_shape(points, frame, kind)
+    body = render._fill(frame.to_image(shape.outline), hw)
+    straps = render._straps(points, frame, shape, kind)
+    loops = render._draw_lines(straps, hw, frame.width) if straps else np.zeros(hw)
+    return body >= 0.999, (body == 0) & (loops == 0)
+
+
+def test_photo_labels_keep_the_study_class_counts_over_masked_copies():
+    n_photos = synthetic.num_photos(3404, 3.4)
+    assert n_photos == 1001
+    lab = synthetic.assign_photo_labels(3404, n_photos, 82, seed=0)
+    assert sorted(set(lab["copies"].tolist())) == [3, 4] and lab["copies"].sum() == 3404
+    for task, classes in labels.TASKS.items():
+        counts = np.bincount(lab[task], weights=lab["copies"], minlength=len(classes))
+        assert tuple(counts.astype(int).tolist()) == labels.FGNET_MASK_COUNTS[task], task
+    assert len(np.unique(lab["subject_id"])) == 82
+    for person in np.unique(lab["subject_id"]):
+        assert len(np.unique(lab["gender"][lab["subject_id"] == person])) == 1, person
+
+
+def test_photo_specs_names_parse_back_and_never_collide(photos):
+    names = []
+    for spec, examples, _ in photos:
+        assert len(spec.filenames) in (3, 4)
+        assert spec.twin_filename.endswith(" (0).jpg")
+        assert [ex["filename"] for ex in examples] == [*spec.filenames, spec.twin_filename]
+        names += [ex["filename"] for ex in examples]
+        for name in names[-len(examples):]:
+            parsed = labels.parse_filename(name)
+            assert (parsed.subject_id, parsed.age, parsed.gender, parsed.expression) == (
+                spec.subject_id, spec.age, spec.gender, spec.expression), name
+    assert len(set(names)) == len(names)
+    assert sum(len(spec.filenames) for spec, _, _ in photos) == 68 and len(photos) == 20
+
+
+def test_second_photos_at_one_age_get_fgnet_letters():
+    stems = synthetic.photo_stems(np.array([1, 1, 1, 2]), np.array([5, 5, 7, 5]),
+                                  np.array([0, 0, 0, 1]), np.array([0, 1, 2, 0]))
+    assert stems == ["001A05a_01_01", "001A05b_01_02", "001A07_01_03", "002A05_02_01"]
+    assert labels.parse_filename(synthetic.twin_filename(stems[1])).age == 5
+
+
+def test_copies_share_person_photo_and_labels_and_differ_in_mask(photos):
+    shared = ("subject_id", "photo_id", "age", "age_group", "gender", "expression",
+              "jpeg_quality")
+    photo_ids = []
+    for spec, examples, _ in photos:
+        copies = examples[:-1]
+        for key in shared:
+            assert len({ex[key] for ex in examples}) == 1, (spec.index, key)
+        kinds = [ex["mask_kind"] for ex in copies]
+        assert len(set(kinds)) == len(kinds) and set(kinds) <= set(masks.MASK_KINDS)
+        for a, b in itertools.combinations(copies, 2):
+            assert (a["image"] != b["image"]).any(-1).mean() > 0.05
+        photo_ids.append(examples[0]["photo_id"])
+    assert photo_ids == list(range(1, 21))
+
+
+def test_twins_differ_from_their_copies_only_under_the_mask(photos):
+    for spec, examples, landmarks in photos:
+        twin = examples[-1]
+        assert twin["mask_kind"] == synthetic.UNMASKED
+        for copy in examples[:-1]:
+            inside, outside = _mask_region(landmarks, copy["mask_kind"], (32, 32))
+            differs = (copy["image"] != twin["image"]).any(-1)
+            assert outside.sum() > 0.5 * outside.size
+            assert not differs[outside].any(), (spec.index, copy["mask_kind"])
+            assert differs[inside].mean() > 0.9, (spec.index, copy["mask_kind"])
+
+
+def test_photo_mode_yields_copies_then_twin_whatever_the_workers():
+    args = dict(num_examples=10, num_subjects=2, seed=1, image_size=32, copies_per_photo=3.4)
+    alone = list(synthetic.generate(**args, twins=True))
+    pooled = list(synthetic.generate(**args, twins=True, workers=2))
+    assert len(alone) == 10 + 3
+    for a, b in zip(alone, pooled, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        assert {k: v for k, v in a.items() if k != "image"} == {
+            k: v for k, v in b.items() if k != "image"}
+    assert [ex["mask_kind"] == "none" for ex in alone].count(True) == 3
+    without = list(synthetic.generate(**args))
+    assert [ex["filename"] for ex in without] == [
+        ex["filename"] for ex in alone if ex["mask_kind"] != "none"]
+    np.testing.assert_array_equal(without[0]["image"], alone[0]["image"])
+
+
+def test_photo_mode_refuses_fewer_than_one_copy():
+    with pytest.raises(ValueError, match="copies_per_photo=0.5"):
+        synthetic.num_photos(10, 0.5)
+    with pytest.raises(ValueError, match="num_subjects=5"):
+        synthetic.photo_specs(10, 5, copies_per_photo=3.4)

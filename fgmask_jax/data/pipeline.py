@@ -46,9 +46,17 @@ def data_dir(config) -> str:
 
 
 def split_names(protocol: str) -> tuple[str, str]:
-    """(train, test) split names of a protocol; lopo's folds are drawn from every image."""
+    """(train, test) split names of a protocol; lopo's folds are drawn from every image;
+    photo (75/25 of source photos) needs a dataset with photo splits (the synthetic one)."""
     return {"study": ("train", "test"), "subject": ("subject_train", "subject_test"),
+            "photo": ("photo_train", "photo_test"),
             "lopo": ("train+test", "train+test")}[protocol]
+
+
+def unmasked(split: str) -> str:
+    """The split of the unmasked twins of ``split``'s photos (``synthetic_masked_faces/
+    paired``): ``subject_test`` -> ``unmasked_subject_test``."""
+    return "+".join(f"unmasked_{s}" for s in split.split("+"))
 
 
 def open_split(dataset: str, split: str, data_dir: str | None):
@@ -63,9 +71,21 @@ def open_split(dataset: str, split: str, data_dir: str | None):
 
 
 def read_labels(source) -> dict[str, np.ndarray]:
-    """Every example's labels (not images) as int32 arrays: {key: int32[N]}."""
+    """Every example's labels (not images) as int32 arrays: {key: int32[N]} for
+    `LABEL_KEYS`, and ``photo_id`` where the dataset has it."""
     records = source.__getitems__(list(range(len(source))))
-    return {k: np.asarray([r[k] for r in records], np.int32) for k in LABEL_KEYS}
+    keys = LABEL_KEYS + (("photo_id",) if records and "photo_id" in records[0] else ())
+    return {k: np.asarray([r[k] for r in records], np.int32) for k in keys}
+
+
+def read_mask_kinds(source) -> np.ndarray | None:
+    """str[N]: every example's ``mask_kind`` (``none`` for an unmasked twin), or None when
+    the dataset does not record it (FGNET-MASK)."""
+    records = source.__getitems__(list(range(len(source))))
+    if not records or "mask_kind" not in records[0]:
+        return None
+    return np.asarray([k.decode() if isinstance(k, bytes) else str(k)
+                       for k in (r["mask_kind"] for r in records)])
 
 
 def _imdecode(data: bytes) -> np.ndarray | None:

@@ -1,5 +1,5 @@
-"""The protocols' splits: the study's random image split, a subject-disjoint one and
-leave-persons-out folds.
+"""The protocols' splits: the study's random image split, a subject-disjoint one, a
+photo-disjoint one and leave-persons-out folds.
 
 All are pure functions of the examples' keys and a seed, so a builder, a
 pipeline, every method and a test all get the same split.
@@ -43,6 +43,30 @@ def subject_split(
     n_test = math.ceil(test_fraction * len(persons))
     test_persons = np.random.default_rng(seed).permutation(persons)[:n_test]
     in_test = np.isin(subject_ids, test_persons)
+    return np.flatnonzero(~in_test), np.flatnonzero(in_test)
+
+
+def photo_split(
+    photo_ids: Sequence[int] | np.ndarray,
+    seed: int = SEED,
+    test_fraction: float = TEST_FRACTION,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Photo-disjoint split: a random ``test_fraction`` of source photos goes to test.
+
+    All masked copies of one photo land on the same side, so no photo is seen in
+    training and tested again under another mask (the study's image split lets them
+    leak). Photos are drawn in order of first appearance: with one image per photo
+    the split is ``study_split(len(photo_ids), seed, test_fraction)``.
+
+    Returns sorted int64 indices (train, test) into ``photo_ids``; no photo is on both
+    sides.
+    """
+    photo_ids = np.asarray(photo_ids)
+    _, first = np.unique(photo_ids, return_index=True)
+    photos = photo_ids[np.sort(first)]
+    n_test = math.ceil(test_fraction * len(photos))
+    test_photos = np.random.default_rng(seed).permutation(photos)[:n_test]
+    in_test = np.isin(photo_ids, test_photos)
     return np.flatnonzero(~in_test), np.flatnonzero(in_test)
 
 

@@ -21,14 +21,23 @@ background, focus, sensor noise, grayscale photos, mask kind and colour, and the
 JPEG quality at which a builder stores the image. A person keeps face shape, skin
 tone, eye and hair colour across images, so subject-disjoint splits mean something.
 
-Everything is a pure function of ``(num_examples, num_subjects, seed, image_size)``;
-each example has its own seed, so ``workers`` changes speed, never pixels.
+Photo mode (``copies_per_photo`` > 1, ``twins``) draws FGNET-MASK's structure: several
+masked copies of one photo (about 3.4 in FGNET-MASK), which share everything but the
+mask, and optionally each photo unmasked (its "twin", ``mask_kind`` ``UNMASKED``), the
+very image its copies were masked from. Every example carries ``photo_id``; in the
+default mode each image is its own photo, and the default mode's images are those it
+drew before photo mode existed.
+
+Everything is a pure function of ``(num_examples, num_subjects, seed, image_size)`` (and
+``copies_per_photo``, ``twins``); each example (each photo) has its own seed, so
+``workers`` changes speed, never pixels.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import string
 from collections.abc import Callable, Iterator
 
 import cv2
@@ -50,6 +59,8 @@ _AA = cv2.LINE_AA
 
 # Seed streams: SeedSequence(seed, spawn_key=(stream, ...)) keeps them independent.
 _SUBJECT_STREAM, _EXAMPLE_STREAM, _LABEL_STREAM = 0, 1, 2
+_PHOTO_LABEL_STREAM, _PHOTO_STREAM = 3, 4  # photo mode: copies and twins of one photo
+UNMASKED = "none"  # the mask_kind of an unmasked twin
 
 _SKIN_TONES = np.array(  # light .. dark, RGB
     [[241, 208, 188], [228, 184, 154], [204, 156, 118], [168, 118, 84], [118, 80, 56]],
@@ -87,6 +98,14 @@ def _subjects_per_gender(gender_images: np.ndarray, num_subjects: int) -> np.nda
     n_male = int(round(num_subjects * gender_images[0] / gender_images.sum()))
     n_male = min(max(n_male, lo[0], num_subjects - hi[1]), hi[0], num_subjects - lo[1])
     return np.array([n_male, num_subjects - n_male])
+
+
+def _spread_over_persons(persons: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """int64[n]: ``n`` images (or photos) handed to ``persons``, at least one each, unevenly
+    (FG-NET has 6 to 18 photos a person), in person order."""
+    share = rng.dirichlet(np.full(len(persons), 4.0))
+    per_person = 1 + rng.multinomial(n - len(persons), share)
+    return np.repeat(persons, per_person)
 
 
 def assign_labels(num_examples: int, num_subjects: int, seed: int) -> dict[str, np.ndarray]:
@@ -129,10 +148,7 @@ def assign_labels(num_examples: int, num_subjects: int, seed: int) -> dict[str, 
         persons = np.flatnonzero(person_gender == g) + 1
         if len(persons) == 0:
             continue
-        # Uneven images per person (FG-NET has 6 to 18 photos each).
-        share = rng.dirichlet(np.full(len(persons), 4.0))
-        per_person = 1 + rng.multinomial(n_images - len(persons), share)
-        subject_id[start : start + n_images] = np.repeat(persons, per_person)
+        subject_id[start : start + n_images] = _spread_over_persons(persons, n_images, rng)
         start += n_images
 
     # Age groups in exact counts, handed out by a score that mixes the person's
@@ -167,6 +183,164 @@ def filenames(
         seen[stem] = k + 1
         names.append(f"{stem}.jpg" if k == 0 else f"{stem} ({k}).jpg")
     return names
+
+
+# ----------------------------------------------------------------------------- photos
+
+
+def num_photos(num_examples: int, copies_per_photo: float) -> int:
+    """How many source photos ``num_examples`` masked images come from (at least one)."""
+    if not copies_per_photo >= 1:
+        raise ValueError(
+            f"copies_per_photo={copies_per_photo} must be >= 1 (masked copies of each photo)"
+        )
+    return max(1, min(num_examples, round(num_examples / copies_per_photo)))
+
+
+def _photos_by_stratum(image_counts: np.ndarray, n_photos: int, base: int, extra: int):
+    """Photos of each class among those with ``base`` copies (row 0) and ``base + 1`` (row 1).
+
+    Chosen so that ``base * row0 + (base + 1) * row1`` equals ``image_counts``, the
+    class counts over masked images, whenever the sizes allow it (and comes as close as
+    it can otherwise); row 1 sums to ``extra``.
+
+    Returns:
+      int64[2, K].
+    """
+    photos = _scaled_counts(tuple(image_counts), n_photos)
+    big = np.clip(image_counts - base * photos, 0, photos)
+    while big.sum() != extra:  # only for tiny sets, where some class cannot be exact
+        shortfall = image_counts - base * photos - big
+        if big.sum() < extra:
+            k = int(np.argmax(np.where(big < photos, shortfall, np.iinfo(np.int64).min)))
+            big[k] += 1
+        else:
+            k = int(np.argmin(np.where(big > 0, shortfall, np.iinfo(np.int64).max)))
+            big[k] -= 1
+    return np.stack([photos - big, big])
+
+
+def assign_photo_labels(
+    num_examples: int, n_photos: int, num_subjects: int, seed: int
+) -> dict[str, np.ndarray]:
+    """Per-photo labels and copy counts: ``num_examples`` masked copies of ``n_photos`` photos.
+
+    Every photo gets ``num_examples // n_photos`` or one more masked copies (FGNET-MASK:
+    about 3.4). Class counts over the masked copies are ``labels.FGNET_MASK_COUNTS``
+    scaled to ``num_examples``, as in `assign_labels` (exact at 3,404 copies of 1,001
+    photos): each task's classes are dealt out separately among the photos with fewer
+    and with more copies. Gender belongs to the person; persons have 1 or more photos;
+    a person's photos span several age groups, older persons leaning to older groups;
+    ages are uniform within each photo's group; expression is per photo.
+
+    Returns:
+      int64[n_photos] arrays ``subject_id`` (1-based), ``age``, ``age_group``, ``gender``,
+      ``expression`` and ``copies`` (masked copies of the photo), ordered by (subject, age).
+    Raises:
+      ValueError: when the sizes cannot hold the labels.
+    """
+    if not 1 <= n_photos <= num_examples:
+        raise ValueError(
+            f"{n_photos} photos must be between 1 and num_examples={num_examples} "
+            "(every photo needs a masked copy)"
+        )
+    if not 1 <= num_subjects <= n_photos:
+        raise ValueError(
+            f"num_subjects={num_subjects} must be between 1 and the {n_photos} photos "
+            "(every person needs a photo)"
+        )
+    base, extra = divmod(num_examples, n_photos)
+    image_counts = {
+        task: _scaled_counts(c, num_examples) for task, c in labels.FGNET_MASK_COUNTS.items()
+    }
+    strata = {
+        task: _photos_by_stratum(c, n_photos, base, extra) for task, c in image_counts.items()
+    }
+    gender_photos = strata["gender"].sum(0)
+    if num_subjects < int((gender_photos > 0).sum()):
+        raise ValueError(
+            f"num_subjects={num_subjects} cannot hold both genders of {n_photos} photos: "
+            "use num_subjects >= 2"
+        )
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_PHOTO_LABEL_STREAM,)))
+    n_persons = _subjects_per_gender(gender_photos, num_subjects)
+    person_gender = rng.permutation(np.repeat([0, 1], n_persons))
+
+    gender = np.repeat([0, 1], gender_photos)
+    subject_id = np.empty(n_photos, np.int64)
+    more = np.zeros(n_photos, np.int64)  # 1 where a photo has base + 1 copies
+    start = 0
+    for g, n in enumerate(gender_photos):
+        persons = np.flatnonzero(person_gender == g) + 1
+        if len(persons) == 0:
+            continue
+        more[start : start + n] = rng.permutation(np.arange(n) < strata["gender"][1, g])
+        subject_id[start : start + n] = _spread_over_persons(persons, n, rng)
+        start += n
+
+    oldness = rng.uniform(size=num_subjects + 1)[subject_id]
+    score = 0.6 * oldness + 0.4 * rng.uniform(size=n_photos)
+    age_group = np.empty(n_photos, np.int64)
+    expression = np.empty(n_photos, np.int64)
+    for stratum in (0, 1):
+        members = np.flatnonzero(more == stratum)
+        ranked = members[np.argsort(score[members], kind="stable")]
+        age_group[ranked] = np.repeat(np.arange(4), strata["age_group"][stratum])
+        expression[members] = rng.permutation(
+            np.repeat(np.arange(3), strata["expression"][stratum])
+        )
+    lo, hi = np.array(AGE_RANGES).T
+    age = rng.integers(lo[age_group], hi[age_group] + 1)
+
+    order = np.lexsort((age, subject_id))
+    return {
+        "subject_id": subject_id[order],
+        "age": age[order],
+        "age_group": age_group[order],
+        "gender": gender[order],
+        "expression": expression[order],
+        "copies": base + more[order],
+    }
+
+
+def photo_stems(
+    subject_id: np.ndarray, age: np.ndarray, gender: np.ndarray, expression: np.ndarray
+) -> list[str]:
+    """FGNET-MASK stems ``NNNAxx[l]_GG_EE``, one per photo, unique.
+
+    Photos of one person at one age get FG-NET's letters (``001A43a``, ``001A43b``).
+
+    Raises:
+      ValueError: more than 26 photos of one person at one age (no letter left).
+    """
+    at_age: dict[tuple[int, int], int] = {}
+    for s, a in zip(subject_id, age, strict=True):
+        at_age[int(s), int(a)] = at_age.get((int(s), int(a)), 0) + 1
+    seen: dict[tuple[int, int], int] = {}
+    stems = []
+    for s, a, g, e in zip(subject_id, age, gender, expression, strict=True):
+        key = (int(s), int(a))
+        k = seen.get(key, 0)
+        seen[key] = k + 1
+        if at_age[key] > len(string.ascii_lowercase):
+            raise ValueError(
+                f"person {key[0]} has {at_age[key]} photos at age {key[1]}: at most 26 get "
+                "FG-NET letters; use more persons or fewer photos"
+            )
+        letter = string.ascii_lowercase[k] if at_age[key] > 1 else ""
+        stems.append(f"{key[0]:03d}A{key[1]:02d}{letter}_{int(g) + 1:02d}_{int(e) + 1:02d}")
+    return stems
+
+
+def copy_filename(stem: str, copy: int) -> str:
+    """Masked copy ``copy`` (0, 1, ...) of a photo: ``stem.jpg``, ``stem (1).jpg``, ..."""
+    return f"{stem}.jpg" if copy == 0 else f"{stem} ({copy}).jpg"
+
+
+def twin_filename(stem: str) -> str:
+    """The unmasked twin of a photo: ``stem (0).jpg``, a copy number masked copies never get
+    (`labels.parse_filename` reads it as the photo's labels)."""
+    return f"{stem} (0).jpg"
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -896,7 +1070,10 @@ def example_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def render_example(spec: ExampleSpec) -> tuple[dict, np.ndarray]:
-    """One masked example and its float32[68, 2] landmarks (pixels), from its own seed."""
+    """One masked example and its float32[68, 2] landmarks (pixels), from its own seed.
+
+    The default mode: each example is its own photo (``photo_id`` = ``index + 1``).
+    """
     from fgmask_jax import masks  # here, not at the top: the labels need no mask code
 
     rng = example_rng(spec.seed, spec.index)
@@ -913,6 +1090,7 @@ def render_example(spec: ExampleSpec) -> tuple[dict, np.ndarray]:
         "gender": spec.gender,
         "expression": spec.expression,
         "subject_id": spec.subject_id,
+        "photo_id": spec.index + 1,
         "filename": spec.filename,
         "mask_kind": kind,
         "jpeg_quality": int(rng.integers(lo, hi + 1)),
@@ -920,14 +1098,14 @@ def render_example(spec: ExampleSpec) -> tuple[dict, np.ndarray]:
     return example, landmarks
 
 
-def _example(spec: ExampleSpec) -> dict:
-    return render_example(spec)[0]
+def _example(spec: ExampleSpec) -> list[dict]:
+    return [render_example(spec)[0]]
 
 
 def example_specs(
     num_examples: int = 3404, num_subjects: int = 82, seed: int = 0, image_size: int = 128
 ) -> list[ExampleSpec]:
-    """The work list of ``generate``: labels and file name of every example, in order."""
+    """The work list of ``generate``'s default mode: labels and file name of every example."""
     if image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"image_size={image_size} is too small: use >= {MIN_IMAGE_SIZE}")
     lab = assign_labels(num_examples, num_subjects, seed)
@@ -947,32 +1125,142 @@ def example_specs(
     ]
 
 
+@dataclasses.dataclass(frozen=True)
+class PhotoSpec:
+    """What a worker needs to draw photo ``index`` with its masked copies (and twin)."""
+
+    seed: int
+    index: int  # 0-based; the photo's photo_id is index + 1
+    image_size: int
+    subject_id: int
+    age: int
+    gender: int
+    expression: int
+    filenames: tuple[str, ...]  # of the masked copies, in copy order
+    twin_filename: str | None  # of the unmasked image; None: no twin
+
+
+def photo_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator that draws photo ``index`` of data set ``seed`` and its copies' masks."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_PHOTO_STREAM, index)))
+
+
+def photo_specs(
+    num_examples: int,
+    num_subjects: int,
+    seed: int = 0,
+    image_size: int = 128,
+    copies_per_photo: float = 3.4,
+    twins: bool = True,
+) -> list[PhotoSpec]:
+    """The work list of ``generate``'s photo mode: ``num_examples`` masked copies of
+    ``num_photos(num_examples, copies_per_photo)`` photos (`assign_photo_labels`)."""
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size={image_size} is too small: use >= {MIN_IMAGE_SIZE}")
+    lab = assign_photo_labels(
+        num_examples, num_photos(num_examples, copies_per_photo), num_subjects, seed
+    )
+    stems = photo_stems(lab["subject_id"], lab["age"], lab["gender"], lab["expression"])
+    return [
+        PhotoSpec(
+            seed,
+            i,
+            image_size,
+            int(lab["subject_id"][i]),
+            int(lab["age"][i]),
+            int(lab["gender"][i]),
+            int(lab["expression"][i]),
+            tuple(copy_filename(stem, k) for k in range(int(lab["copies"][i]))),
+            twin_filename(stem) if twins else None,
+        )
+        for i, stem in enumerate(stems)
+    ]
+
+
+def render_photo(spec: PhotoSpec) -> tuple[list[dict], np.ndarray]:
+    """The masked copies of one photo, then its unmasked twin (if asked), and the photo's
+    float32[68, 2] landmarks (pixels).
+
+    One face is drawn (person, pose, expression, light, background, noise); each copy
+    puts another mask on it: the kinds of one photo's copies are consecutive in
+    ``masks.MASK_KINDS`` from a start drawn per photo (so up to four copies differ in
+    kind), each with its own colour and texture seed. Copies and twin share the photo's
+    JPEG quality, so they differ only where a mask (or its loops) is drawn.
+    """
+    from fgmask_jax import masks  # here, not at the top: the labels need no mask code
+
+    rng = photo_rng(spec.seed, spec.index)
+    subject = sample_subject(spec.subject_id, spec.gender, spec.seed)
+    params = sample_face_params(subject, spec.age, spec.expression, rng)
+    face, landmarks = render_face(params, rng, spec.image_size)
+    lo, hi = JPEG_QUALITY_RANGE
+    shared = {
+        "age": spec.age,
+        "age_group": labels.age_group(spec.age),
+        "gender": spec.gender,
+        "expression": spec.expression,
+        "subject_id": spec.subject_id,
+        "photo_id": spec.index + 1,
+    }
+    quality = int(rng.integers(lo, hi + 1))
+    start = int(rng.integers(len(masks.MASK_KINDS)))
+    examples = []
+    for copy, name in enumerate(spec.filenames):
+        kind = masks.MASK_KINDS[(start + copy) % len(masks.MASK_KINDS)]
+        image = masks.render_mask(face, landmarks, kind, None, seed=int(rng.integers(2**31 - 1)))
+        examples.append({"image": image, **shared, "filename": name, "mask_kind": kind,
+                         "jpeg_quality": quality})
+    if spec.twin_filename is not None:
+        examples.append({"image": face, **shared, "filename": spec.twin_filename,
+                         "mask_kind": UNMASKED, "jpeg_quality": quality})
+    return examples, landmarks
+
+
+def _photo(spec: PhotoSpec) -> list[dict]:
+    return render_photo(spec)[0]
+
+
 def generate(
     num_examples: int = 3404,
     num_subjects: int = 82,
     seed: int = 0,
     image_size: int = 128,
     workers: int = 0,
+    copies_per_photo: float = 1.0,
+    twins: bool = False,
 ) -> Iterator[dict]:
     """Yields the synthetic masked-face data set, one example dict at a time, in order.
 
-    Each example: ``image`` uint8[S, S, 3] RGB (masked), ``age`` (years), ``age_group``,
+    Each example: ``image`` uint8[S, S, 3] RGB, ``age`` (years), ``age_group``,
     ``gender``, ``expression`` (indices into ``labels.AGE_GROUPS``, ``GENDERS``,
-    ``EXPRESSIONS``), ``subject_id``, ``filename`` (FGNET-MASK naming, unique, parsed back
-    to the same labels by ``labels.parse_filename``), ``mask_kind`` (one of
-    ``masks.MASK_KINDS``) and ``jpeg_quality`` (the quality to store the image at).
+    ``EXPRESSIONS``), ``subject_id``, ``photo_id`` (the source photo, 1-based, unique per
+    photo), ``filename`` (FGNET-MASK naming, unique, parsed back to the same labels by
+    ``labels.parse_filename``), ``mask_kind`` (one of ``masks.MASK_KINDS``, or
+    ``UNMASKED`` for a twin) and ``jpeg_quality`` (the quality to store the image at).
 
-    The output depends only on (num_examples, num_subjects, seed, image_size).
-    ``workers`` > 0 draws in that many processes (order kept).
+    Default mode (``copies_per_photo=1``, no twins): ``num_examples`` masked images, each
+    its own photo (`example_specs`, `render_example`). Photo mode (``copies_per_photo`` >
+    1 or ``twins``): ``num_examples`` masked copies of about ``num_examples /
+    copies_per_photo`` photos, each photo's copies then (with ``twins``) its unmasked
+    twin (`photo_specs`, `render_photo`); its draws differ from the default mode's.
+
+    The output depends only on the arguments other than ``workers``; ``workers`` > 0
+    draws in that many processes (order kept).
     """
     if workers < 0:
         raise ValueError(f"workers={workers} must be >= 0 (0 draws in this process)")
-    work = example_specs(num_examples, num_subjects, seed, image_size)
+    if copies_per_photo == 1 and not twins:
+        work, draw = example_specs(num_examples, num_subjects, seed, image_size), _example
+    else:
+        work = photo_specs(num_examples, num_subjects, seed, image_size, copies_per_photo, twins)
+        draw = _photo
     if workers == 0:
-        yield from map(_example, work)
+        for item in work:
+            yield from draw(item)
         return
     # Not "fork": the caller may have started threads (JAX does), which fork can deadlock.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     with context.Pool(workers) as pool:
-        yield from pool.imap(_example, work, chunksize=16)
+        for drawn in pool.imap(draw, work, chunksize=16 if draw is _example else 4):
+            yield from drawn
