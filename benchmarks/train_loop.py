@@ -76,7 +76,8 @@ def whole_run(workdir: str, cache: str) -> tuple[float, float, float]:
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache}
     start = time.perf_counter()
     first = None
-    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as p:
+    with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True) as p:
         for line in p.stderr:
             if first is None and "first step done" in line:
                 first = time.perf_counter() - start
