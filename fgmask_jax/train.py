@@ -416,6 +416,29 @@ def _trained_and_frozen(params, config) -> str:
     return f"{sum(sizes) - frozen:,} parameters trained, {frozen:,} frozen"
 
 
+def _inputs(steps: Steps, config, source, fit: np.ndarray, val: np.ndarray, start: int):
+    """(training batches from step ``start`` on, a function giving the validation batches,
+    decoding workers): on the device when the images fit (`pipeline.placement`), else
+    decoded on the host by grain."""
+    on_device, workers, why = pipeline.placement(config, len(fit) + len(val))
+    if on_device:  # fit and validation images decoded once, replicated on every device
+        logging.info("data on device (%s): decoding %d images once", why, len(fit) + len(val))
+        data = jax.device_put(pipeline.load_all(source, np.concatenate([fit, val]),
+                                                config.image_size, workers), steps.replicated)
+        order = pipeline.batch_order(np.arange(len(fit)), global_batch=config.batch_size,
+                                     seed=config.seed)
+        batches = (steps.gather(data, jax.make_array_from_process_local_data(
+            steps.data, ix)) for ix in pipeline.iterate(order, start))
+        val_rows = np.arange(len(fit), len(fit) + len(val))
+        return batches, lambda: device_eval_batches(steps, data, val_rows,
+                                                    config.batch_size), workers
+    logging.info("data on host (%s): grain with %d decoding processes", why, workers)
+    host = pipeline.train_batches(source, fit, global_batch=config.batch_size,
+                                  image_size=config.image_size, seed=config.seed)
+    batches = (pipeline.to_global(b, steps.data) for b in pipeline.iterate(host, start, workers))
+    return batches, lambda: host_eval_batches(steps, source, val, config, workers), workers
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict:
     """Trains, early-stops on the validation subset, then reports on the test split.
 
@@ -470,7 +493,6 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
     model = make_model(config)
     tx, schedule = make_optimizer(config, steps_per_epoch, total_steps)
     steps = Steps(model, tx, config, mesh)
-    writer = writers.MetricWriter(workdir)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                       config.keep_checkpoints)
     best_ckpt = checkpointing.Checkpointer(os.path.join(workdir, "best"), 1)
@@ -498,29 +520,6 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
         logging.info("Dropped best checkpoints of steps %s (after step %d, run again)",
                      dropped, start)
 
-    on_device, workers, why = pipeline.placement(config, len(fit) + len(val))
-    if on_device:  # fit and validation images decoded once, replicated on every device
-        logging.info("data on device (%s): decoding %d images once", why, len(fit) + len(val))
-        data = jax.device_put(pipeline.load_all(train_source, np.concatenate([fit, val]),
-                                                config.image_size, workers), steps.replicated)
-        order = pipeline.batch_order(np.arange(len(fit)), global_batch=config.batch_size,
-                                     seed=config.seed)
-        batches = (steps.gather(data, jax.make_array_from_process_local_data(
-            steps.data, ix)) for ix in pipeline.iterate(order, start))
-        val_rows = np.arange(len(fit), len(fit) + len(val))
-
-        def val_batches():
-            return device_eval_batches(steps, data, val_rows, config.batch_size)
-    else:
-        logging.info("data on host (%s): grain with %d decoding processes", why, workers)
-        host = pipeline.train_batches(train_source, fit, global_batch=config.batch_size,
-                                      image_size=config.image_size, seed=config.seed)
-        batches = (pipeline.to_global(b, steps.data)
-                   for b in pipeline.iterate(host, start, workers))
-
-        def val_batches():
-            return host_eval_batches(steps, train_source, val, config, workers)
-
     stopped_early = False
     # The best validation state is copied on the device and written to best/ with the next
     # checkpoint (on time, at the end, on early stopping or a signal), not when it happens.
@@ -530,11 +529,15 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
     pending = None  # (step, metrics) of the step before: checked one step late, to keep
     t0, n0 = time.perf_counter(), start  # the device busy while the host waits
     reached, saved = start, start  # the last step computed, the last one checkpointed
-    # A single process finishes its step, saves and stops on Ctrl-C or SIGTERM. Processes of
-    # a cluster could not agree on the step, so there a signal stops at once (saves in flight
-    # are still completed).
+    # A single process finishes its step, saves and stops on Ctrl-C or SIGTERM (one that
+    # comes while the data loads stops it after the first step). Processes of a cluster could
+    # not agree on the step, so there a signal stops at once (saves in flight are still
+    # completed).
+    writer = writers.MetricWriter(workdir)
     try:
         with signals.deferred(enabled=jax.process_count() == 1) as stop:
+            batches, val_batches, workers = _inputs(steps, config, train_source, fit, val,
+                                                    start)
             for step in range(start + 1, total_steps + 1):
                 state, scalars = steps.train(state, next(batches))
                 reached = step
