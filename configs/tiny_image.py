@@ -3,7 +3,8 @@
   python -m fgmask_jax.main --config=configs/tiny_image.py --workdir=DIR
 
 Variants after a colon (comma-separated):
-  data=fgnet_mask|synthetic  protocol=study|subject|lopo  size=112 (decoded image size)
+  data=fgnet_mask|synthetic|synthetic_paired
+  protocol=study|subject|photo|lopo  size=112 (decoded image size)
   tiny=16 (thumbnail side)  runlocal
   python -m fgmask_jax.main --config=configs/tiny_image.py:data=synthetic,runlocal --workdir=DIR
 """

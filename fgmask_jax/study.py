@@ -4,6 +4,8 @@ r"""The study's eight methods in one command, compared with confidence intervals
   python -m fgmask_jax.study --data=fgnet_mask --protocol=subject --workdir=DIR
   python -m fgmask_jax.study --data=synthetic --protocol=lopo --workdir=DIR --runlocal \
       --methods=lbp,tiny_image,eigenface,multitask_cnn
+  python -m fgmask_jax.study --data=synthetic_paired --protocol=study,photo,subject \
+      --workdir=DIR --runlocal
 
 Runs LBP, Tiny Image, VGG-Face, Eigenface, the single-task CNN and ResNet (one run
 per task), and the multi-task CNN and ResNet, each through the functions
@@ -24,6 +26,13 @@ point values from ``results.json`` and no interval, and study.md says so.
 Under ``--protocol=lopo`` (leave persons out) each method trains one model per fold
 of persons (every method the same folds; ``--lopo_folds``); the neural methods
 then take that many times longer.
+
+Several protocols (``--protocol=study,photo,subject``) run the study once per
+protocol in ``DIR/<protocol>`` and compare them in ``DIR/leak.md`` (and
+``leak.csv``, ``leak.json``): per method and task the accuracy under each protocol
+and the points by which the study's random image split inflates it over the
+others (`run_comparison`). On ``synthetic_paired`` (about 3.4 masked copies of
+each photo) that measures the copy leak of the study's protocol.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 
 import ml_collections
@@ -52,7 +62,18 @@ TITLES = {"lbp": "LBP", "tiny_image": "Tiny Image", "vgg_face": "VGG-Face",
           "single_task_resnet": "single-task ResNet", "multitask_cnn": "multi-task CNN",
           "multitask_resnet": "multi-task ResNet"}
 CLASSICAL = ("lbp", "tiny_image", "eigenface")  # and vgg_face when given weights
-PROTOCOLS = ("study", "subject", "lopo")
+PROTOCOLS = ("study", "subject", "photo", "lopo")
+PROTOCOL_TEXT = {
+    "study": "the study's random 75/25 image split (persons on both sides)",
+    "subject": "a subject-disjoint 75/25 split (no person in train and test)",
+    "photo": "75/25 of source photos: no masked copy of a test photo is trained on",
+    "lopo": "leave persons out (folds of persons; every image predicted once by a model "
+            "that never saw its person)"}
+# Several protocols at once (the copy leak) under --runlocal without --methods: the
+# classical methods that fit in a minute or two and the two multi-task networks, so
+# that three protocols finish in about 30 minutes on two CPU cores.
+LEAK_RUNLOCAL_METHODS = ("lbp", "tiny_image", "eigenface", "multitask_cnn",
+                         "multitask_resnet")
 METRIC_TITLES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
                  "macro_f1": "macro-F1"}
 
@@ -88,8 +109,8 @@ def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
     """The runs of the study.
 
     Args:
-      data: fgnet_mask | synthetic.
-      protocol: study | subject | lopo.
+      data: fgnet_mask | synthetic | synthetic_paired.
+      protocol: study | subject | photo (synthetic_paired only) | lopo.
       runlocal: pass the runlocal variant to every config, and shorten the neural
         runs by RUNLOCAL_NEURAL (VGG-16: RUNLOCAL_VGG).
       methods: a subset of METHODS, run in METHODS order.
@@ -107,6 +128,9 @@ def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
         raise ValueError(f"data={data!r} is not one of: {', '.join(config_lib.DATASETS)}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r} is not one of: {', '.join(PROTOCOLS)}")
+    if protocol == "photo" and data != "synthetic_paired":
+        raise ValueError(f"protocol=photo needs data=synthetic_paired (the data whose masked "
+                         f"copies of one photo are known); data={data!r} has no photo splits")
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"methods {unknown or '(none)'}: choose from {', '.join(METHODS)}")
@@ -444,11 +468,8 @@ def write_markdown(path: str, rows, floor: dict, setting: dict, runs, notes) -> 
     """study.md: the accuracy table with intervals, the other metrics, what ran, notes."""
     methods, tasks = _ordered(rows)
     titles = setting.get("titles", {})
-    synthetic = setting["data"] == "synthetic"
-    protocol = {"study": "the study's random 75/25 image split (persons on both sides)",
-                "subject": "a subject-disjoint 75/25 split (no person in train and test)",
-                "lopo": "leave persons out (folds of persons; every image predicted once "
-                        "by a model that never saw its person)"}[setting["protocol"]]
+    synthetic = setting["data"].startswith("synthetic")
+    protocol = PROTOCOL_TEXT[setting["protocol"]]
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
     lines = [
         f"# The eight methods on {setting['dataset']}, protocol={setting['protocol']}", "",
@@ -536,12 +557,254 @@ def write_plot(path: str, rows, floor: dict, setting: dict) -> None:
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("test accuracy (95% interval by person)")
-    kind = "synthetic data" if setting["data"] == "synthetic" else "FGNET-MASK"
+    kind = "synthetic data" if setting["data"].startswith("synthetic") else "FGNET-MASK"
     ax.set_title(f"{kind} ({setting['dataset']}), protocol={setting['protocol']}")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# --- several protocols side by side: the copy leak ------------------------------------
+
+
+def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], *,
+                      num_samples: int = 1000, seed: int = 0,
+                      confidence: float = 0.95) -> dict:
+    """Accuracy of ``a`` minus that of ``b``, with a percentile interval from a bootstrap
+    over the persons of both.
+
+    ``a``, ``b``: (correct bool[N], subject_ids int[N]) of two sets of predictions, on the
+    same persons or on overlapping ones. Each sample draws persons with replacement from
+    the union of the two sets' persons and counts a drawn person's images in both sets
+    (in neither where the person is absent), so a person who is in both varies both
+    accuracies together: on the same persons this is the paired bootstrap of the
+    difference, and it is never narrower than the differences' spread allows.
+
+    Returns:
+      {"value", "low", "high"} (fractions; value = accuracy(a) - accuracy(b)).
+    """
+    (ca, sa), (cb, sb) = ((np.asarray(c, bool), np.asarray(s)) for c, s in (a, b))
+    if not len(ca) or not len(cb):
+        raise ValueError("a difference of accuracies needs predictions on both sides")
+    persons = np.union1d(sa, sb)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(persons), np.full(len(persons), 1.0 / len(persons)),
+                             size=num_samples).T  # int64[P, S]
+
+    def sampled(correct, subject):
+        ix = np.searchsorted(persons, subject)
+        right = np.bincount(ix, correct, minlength=len(persons))
+        total = np.bincount(ix, minlength=len(persons))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (right @ counts) / (total @ counts)  # nan: no image of this side drawn
+
+    diffs = sampled(ca, sa) - sampled(cb, sb)
+    tails = 100 * np.array([(1 - confidence) / 2, (1 + confidence) / 2])
+    low, high = np.nanpercentile(diffs, tails)
+    return {"value": float(ca.mean() - cb.mean()), "low": float(low), "high": float(high)}
+
+
+def correct_of(folder: str, task: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(correct bool[N], subject_ids int[N]) of a run's test predictions, or None."""
+    p = load_predictions(folder, (task,))
+    if p is None:
+        return None
+    return p[f"label_{task}"] == p[f"pred_{task}"], p["subject_id"]
+
+
+def leaked_copies(dataset: str, data_dir: str) -> dict | None:
+    """How many test images of the study split have another copy of their photo in its
+    training split: {"test_images", "with_copy_in_train", "test_photos"}, or None when
+    the dataset records no photo ids."""
+    from fgmask_jax.data import pipeline
+
+    ids = []
+    for split in pipeline.split_names("study"):
+        labels = pipeline.read_labels(pipeline.open_split(dataset, split, data_dir))
+        if "photo_id" not in labels:
+            return None
+        ids.append(labels["photo_id"])
+    train, test = ids
+    leaked = np.isin(test, train)
+    return {"test_images": int(len(test)), "with_copy_in_train": int(leaked.sum()),
+            "test_photos": int(len(np.unique(test)))}
+
+
+def run_comparison(workdir: str, protocols, *, data: str = "synthetic_paired",
+                   runlocal: bool = False, methods=None, num_samples: int = 1000,
+                   seed: int = 0, command: str = "", **study_kwargs) -> dict:
+    """The study under several protocols, side by side: how much the study's protocol
+    inflates each method (the copy leak).
+
+    Runs `run_study` in ``workdir/<protocol>`` for each protocol (finished runs are
+    reused), then writes ``workdir/leak.md``, ``leak.csv`` and ``leak.json``: per method
+    and task the accuracy [95% person-bootstrap interval] under each protocol, and the
+    points by which protocol ``study`` exceeds each other one, with an interval from
+    `paired_difference`.
+
+    Args:
+      protocols: two or more of PROTOCOLS, ``study`` among them.
+      methods: None -> LEAK_RUNLOCAL_METHODS under ``runlocal``, else all of METHODS.
+      command: the command line, for the outputs.
+      study_kwargs: passed on to `run_study` (resnet, dataset, data_dir, ...).
+
+    Returns:
+      {"rows": [{method, task, protocol, value, low, high, n, persons}], "inflation":
+      [{method, task, versus, value, low, high}], "seconds": {protocol: s}, "leak": ...}.
+
+    Raises:
+      ValueError: fewer than two protocols, a repeated one, or none of them ``study``.
+    """
+    protocols = tuple(protocols)
+    if len(protocols) < 2 or len(set(protocols)) != len(protocols) or "study" not in protocols:
+        raise ValueError(f"protocols {','.join(protocols) or '(none)'}: give two or more "
+                         "different ones, study among them (e.g. study,photo,subject)")
+    for p in protocols:
+        if p not in PROTOCOLS:
+            raise ValueError(f"protocol={p!r} is not one of: {', '.join(PROTOCOLS)}")
+    shortened = methods is None and runlocal
+    methods = tuple(methods or (LEAK_RUNLOCAL_METHODS if runlocal else METHODS))
+    for p in protocols:  # every argument checked before anything runs
+        plan(data, p, runlocal=runlocal, methods=methods,
+             resnet=study_kwargs.get("resnet", ""))
+    others = [p for p in protocols if p != "study"]
+    studies, seconds = {}, {}
+    for p in protocols:
+        t0 = time.perf_counter()
+        studies[p] = run_study(os.path.join(workdir, p), data=data, protocol=p,
+                               runlocal=runlocal, methods=methods, num_samples=num_samples,
+                               seed=seed, **study_kwargs)
+        seconds[p] = round(time.perf_counter() - t0, 1)
+    folders = {(r.method, t): r.folder for r in plan(data, "study", runlocal=runlocal,
+                                                     methods=methods) for t in r.tasks}
+    rows, inflation = [], []
+    for p, out in studies.items():
+        rows += [{"protocol": p, **{k: r[k] for k in ("method", "task", "value", "low",
+                                                       "high", "n", "persons")}}
+                 for r in out["rows"] if r["metric"] == "accuracy"]
+    value = {(r["method"], r["task"], r["protocol"]): r for r in rows}
+    for (method, task), folder in folders.items():
+        if (method, task, "study") not in value:
+            continue
+        ours = correct_of(os.path.join(workdir, "study", folder), task)
+        for p in others:
+            theirs = correct_of(os.path.join(workdir, p, folder), task)
+            point = value[method, task, "study"]["value"] - value[method, task, p]["value"]
+            d = (paired_difference(ours, theirs, num_samples=num_samples, seed=seed)
+                 if ours is not None and theirs is not None
+                 else {"low": math.nan, "high": math.nan})
+            inflation.append({"method": method, "task": task, "versus": p, "value": point,
+                              "low": d["low"], "high": d["high"]})
+    configs = [make_config(r, **{k: v for k, v in study_kwargs.items()
+                                 if k in ("dataset", "data_dir")})
+               for r in plan(data, "study", runlocal=runlocal, methods=methods)]
+    dataset = configs[0].dataset
+    from fgmask_jax.data import pipeline
+
+    leak = leaked_copies(dataset, pipeline.data_dir(configs[0]))
+    setting = {"data": data, "dataset": dataset, "protocols": list(protocols),
+               "runlocal": runlocal, "methods": list(methods), "shortened": shortened,
+               "num_samples": num_samples, "command": command, "seconds": seconds,
+               "descriptions": {r["folder"]: r["description"]
+                                for r in studies["study"]["runs"]},
+               "leak": leak}
+    write_leak_csv(os.path.join(workdir, "leak.csv"), rows, inflation)
+    write_leak_markdown(os.path.join(workdir, "leak.md"), rows, inflation, setting)
+    _write_json(os.path.join(workdir, "leak.json"),
+                {"setting": setting, "rows": rows, "inflation": inflation})
+    return {"rows": rows, "inflation": inflation, "seconds": seconds, "leak": leak,
+            "studies": studies}
+
+
+def write_leak_csv(path: str, rows, inflation) -> None:
+    """Accuracy rows (kind ``accuracy``, one per method x task x protocol) and inflation
+    rows (kind ``inflation``, protocol ``study-<other>``): value, low, high as fractions."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["kind", "method", "task", "protocol", "value", "low", "high", "n",
+                    "persons"])
+        num = lambda x: "" if math.isnan(x) else f"{x:.6f}"  # noqa: E731
+        for r in rows:
+            w.writerow(["accuracy", r["method"], r["task"], r["protocol"], num(r["value"]),
+                        num(r["low"]), num(r["high"]), r["n"],
+                        "" if r["persons"] is None else r["persons"]])
+        for r in inflation:
+            w.writerow(["inflation", r["method"], r["task"], f"study-{r['versus']}",
+                        num(r["value"]), num(r["low"]), num(r["high"]), "", ""])
+
+
+def write_leak_markdown(path: str, rows, inflation, setting: dict) -> None:
+    """leak.md: accuracy per protocol side by side and the study protocol's inflation."""
+    protocols = setting["protocols"]
+    others = [p for p in protocols if p != "study"]
+    methods, tasks = _ordered(rows)
+    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    sign = lambda x: f"{100 * x:+.1f}"  # noqa: E731
+    acc = {(r["method"], r["task"], r["protocol"]): r for r in rows}
+    up = {(r["method"], r["task"], r["versus"]): r for r in inflation}
+
+    def cell(r, fmt):
+        if r is None:
+            return "not run"
+        if math.isnan(r["low"]):
+            return fmt(r["value"]) + " (no interval)"
+        return f"{fmt(r['value'])} [{fmt(r['low'])}, {fmt(r['high'])}]"
+
+    synthetic = setting["data"].startswith("synthetic")
+    lines = [f"# The copy leak: {len(methods)} methods on {setting['dataset']} under "
+             + ", ".join(protocols), "",
+             f"- data: `{setting['dataset']}`"
+             + (" (synthetic: procedurally drawn faces; these numbers say nothing about "
+                "real masked faces)" if synthetic else "")]
+    lines += [f"- protocol {p}: {PROTOCOL_TEXT[p]}" for p in protocols]
+    if setting.get("leak"):
+        lk = setting["leak"]
+        lines.append(f"- under protocol study, {lk['with_copy_in_train']} of the "
+                     f"{lk['test_images']} test images ({lk['test_photos']} photos) have "
+                     "another masked copy of their photo in the training split")
+    lines += [
+        f"- intervals: 95% percentile intervals from {setting['num_samples']} bootstrap "
+        "samples of persons; an inflation's interval resamples the persons of both test "
+        "sets together (`study.paired_difference`)",
+        "- inflation: accuracy under protocol study minus that under the other protocol, "
+        "in points; above 0, the study's protocol flatters the method"]
+    if setting["runlocal"]:
+        lines.append("- runlocal: every config ran its runlocal variant (each run's size is "
+                     "under 'What ran')"
+                     + (f"; shortened to the methods {', '.join(setting['methods'])} so that "
+                        f"the {len(protocols)} protocols fit about 30 minutes on two CPU "
+                        "cores" if setting.get("shortened") else ""))
+    if setting.get("command"):
+        lines.append(f"- command: `{setting['command']}`")
+    secs = setting["seconds"]
+    lines.append("- wall time: " + ", ".join(f"{p} {secs[p] / 60:.1f} min" for p in protocols)
+                 + f"; {sum(secs.values()) / 60:.1f} min in all (0 for finished runs reused)")
+    lines += ["", "## Accuracy (%) [95% interval by person] and the study protocol's "
+              "inflation (points)", "",
+              "| method | task | " + " | ".join(protocols) + " | "
+              + " | ".join(f"study − {p}" for p in others) + " |",
+              "|---|---|" + "---:|" * (len(protocols) + len(others))]
+    for m in methods:
+        for t in tasks:
+            cells = [cell(acc.get((m, t, p)), pct) for p in protocols]
+            cells += [cell(up.get((m, t, p)), sign) for p in others]
+            lines.append(f"| {TITLES[m]} | {t} | " + " | ".join(cells) + " |")
+    lines += ["", "## Mean inflation over tasks (points)", "",
+              "| method | " + " | ".join(f"study − {p}" for p in others) + " |",
+              "|---|" + "---:|" * len(others)]
+    for m in methods:
+        means = []
+        for p in others:
+            v = [up[m, t, p]["value"] for t in tasks if (m, t, p) in up]
+            means.append(sign(float(np.mean(v))) if v else "not run")
+        lines.append(f"| {TITLES[m]} | " + " | ".join(means) + " |")
+    lines += ["", "## What ran", "", "| run | what |", "|---|---|"]
+    lines += [f"| {folder} | {text} |" for folder, text in setting["descriptions"].items()]
+    lines += ["", "Each protocol's own report: "
+              + ", ".join(f"[{p}/study.md]({p}/study.md)" for p in protocols) + ".", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
 
 
 # --- the command ----------------------------------------------------------------------
@@ -551,14 +814,20 @@ def define_flags() -> None:
     leaves absl's global flags alone)."""
     flags.DEFINE_enum("data", "synthetic", list(config_lib.DATASETS),
                       "Which data: the FGNET-MASK set or the synthetic one.")
-    flags.DEFINE_enum("protocol", "study", list(PROTOCOLS),
+    flags.DEFINE_list("protocol", ["study"],
                       "study: the study's random image split; subject: subject-disjoint; "
-                      "lopo: leave persons out (one model per fold of persons).")
+                      "photo: photo-disjoint (--data=synthetic_paired); lopo: leave persons "
+                      "out (one model per fold of persons). Several, comma-separated and "
+                      "study among them (e.g. study,photo,subject): each runs in "
+                      "WORKDIR/<protocol> and leak.md/csv/json compare them side by side.")
     flags.DEFINE_string("workdir", None,
-                        "The study's folder; each run in WORKDIR/<method>[/<task>].")
+                        "The study's folder; each run in WORKDIR/<method>[/<task>] "
+                        "(WORKDIR/<protocol>/<method>[/<task>] with several protocols).")
     flags.DEFINE_bool("runlocal", False, "Pass the runlocal variant to every config and shorten "
                       "the neural runs, so the whole study fits a laptop CPU.")
-    flags.DEFINE_list("methods", list(METHODS), f"A subset of: {', '.join(METHODS)}.")
+    flags.DEFINE_list("methods", list(METHODS), f"A subset of: {', '.join(METHODS)}. "
+                      "Not given, with several protocols and --runlocal: "
+                      f"{','.join(LEAK_RUNLOCAL_METHODS)}.")
     flags.DEFINE_string("data_dir", "", "TFDS data dir ('' -> $TFDS_DATA_DIR or "
                         "~/tensorflow_datasets); a missing dataset is built there.")
     flags.DEFINE_string("manual_dir", "", "fgnet_mask only: where FGNET-MASK_dataset.zip is.")
@@ -591,14 +860,25 @@ def main(argv):
             raise cli.UserError(f"--neural_override={item!r}: use KEY=VALUE")
         overrides.append((key.strip(), value))
     workdir = cli.absolute(f.workdir)
+    common = dict(runlocal=f.runlocal, resnet=f.resnet,
+                  pretrained_resnet=cli.absolute(f.pretrained_resnet),
+                  pretrained_vgg_face=cli.absolute(f.pretrained_vgg_face),
+                  data_dir=cli.absolute(f.data_dir), manual_dir=cli.absolute(f.manual_dir),
+                  neural_overrides=overrides, lopo_folds=f.lopo_folds,
+                  num_samples=f.num_samples, seed=f.seed)
     try:
-        out = run_study(workdir, data=f.data, protocol=f.protocol, runlocal=f.runlocal,
-                        methods=tuple(f.methods), resnet=f.resnet,
-                        pretrained_resnet=cli.absolute(f.pretrained_resnet),
-                        pretrained_vgg_face=cli.absolute(f.pretrained_vgg_face),
-                        data_dir=cli.absolute(f.data_dir),
-                        manual_dir=cli.absolute(f.manual_dir), neural_overrides=overrides,
-                        lopo_folds=f.lopo_folds, num_samples=f.num_samples, seed=f.seed)
+        if len(f.protocol) > 1:
+            methods = tuple(f.methods) if f["methods"].present else None
+            command = "python -m fgmask_jax.study " + " ".join(
+                a for a in sys.argv[1:] if not a.startswith("--workdir"))
+            out = run_comparison(workdir, f.protocol, data=f.data, methods=methods,
+                                 command=command + " --workdir=DIR", **common)
+            total = sum(out["seconds"].values())
+            print(f"study: {len(f.protocol)} protocols in {total:.0f}s; see "
+                  f"{os.path.join(workdir, 'leak.md')}")
+            return
+        out = run_study(workdir, data=f.data, protocol=f.protocol[0] if f.protocol else "",
+                        methods=tuple(f.methods), **common)
     except ValueError as e:
         raise cli.UserError(str(e)) from None
     print(f"study: {len(out['runs'])} runs ({sum(r['status'] == 'ran' for r in out['runs'])} "

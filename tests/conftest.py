@@ -22,3 +22,14 @@ def small_data_dir(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     build_data.build("synthetic_masked_faces/small", data_dir)
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def paired_small_data_dir(tmp_path_factory):
+    """``synthetic_masked_faces/paired_small`` (68 masked copies of 20 photos and their 20
+    unmasked twins, 32 px), built once per run."""
+    from fgmask_jax import build_data
+
+    data_dir = str(tmp_path_factory.mktemp("tfds_paired"))
+    build_data.build("synthetic_masked_faces/paired_small", data_dir)
+    return data_dir

@@ -297,3 +297,31 @@ def test_run_and_evaluate_end_to_end(spec, small_data, vgg_file, tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["method"] == config.method
     line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["test/accuracy_gender"] == pytest.approx(saved["test"]["gender"]["accuracy"])
+
+
+def test_cv_folds_are_grouped_by_photo_under_the_photo_protocol():
+    rng = np.random.default_rng(10)
+    photos = np.repeat(np.arange(60), rng.integers(3, 5, 60))  # 3 or 4 copies a photo
+    subjects = photos // 6
+    labels = rng.integers(0, 3, len(photos))
+    folds = classifiers.cv_folds(labels, subjects, "photo", 5, seed=0, photo_ids=photos)
+    assert len(folds) == 5
+    for fit, val in folds:  # no photo's copies on both sides of a fold
+        assert not set(photos[fit]) & set(photos[val])
+    assert any(set(subjects[fit]) & set(subjects[val]) for fit, val in folds)  # not by person
+    np.testing.assert_array_equal(np.sort(np.concatenate([v for _, v in folds])),
+                                  np.arange(len(photos)))
+    with pytest.raises(ValueError, match="give photo_ids"):
+        classifiers.cv_folds(labels, subjects, "photo", 5, seed=0)
+
+
+def test_run_and_evaluate_under_the_photo_protocol(paired_small_data_dir, tmp_path):
+    config = config_lib.load("configs/lbp.py:data=synthetic_paired,protocol=photo,runlocal")
+    config.dataset = "synthetic_masked_faces/paired_small"
+    config.data_dir = paired_small_data_dir
+    config.image_size = 32
+    results = run.run_and_evaluate(config, str(tmp_path))
+    assert {results["test"][t]["n"] for t in config.tasks} == {17}  # photo_test
+    assert all(s["num_folds"] == 3 for sel in results["selection"].values() for s in sel)
+    report = (tmp_path / "report.md").read_text()
+    assert "protocol=photo" in report and "grouped by photo" in report

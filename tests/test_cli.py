@@ -152,7 +152,7 @@ def test_bad_archive_is_a_user_error(tmp_path):
 def test_help_lists_configs_variants_and_keys():
     result = run([sys.executable, "-m", "fgmask_jax.main", "--help"], REPO, timeout=120)
     assert result.returncode == 0, result.stderr
-    for text in ("configs/multitask.py", "configs/lbp.py", "protocol=study|subject|lopo",
+    for text in ("configs/multitask.py", "configs/lbp.py", "protocol=study|subject|photo|lopo",
                  "model=resnet18|", "--print_config", "--config.KEY=VALUE"):
         assert text in result.stdout
     keys = run([sys.executable, "-m", "fgmask_jax.main", "--config=configs/multitask.py",

@@ -191,3 +191,83 @@ def test_plan_with_pretrained_trunks():
                                                                        "/w/resnet50.pth")
     assert configs["multitask_cnn"].pretrained == ""
     assert configs["vgg_face"].init_weights == "/w/vgg.safetensors"
+
+
+# --- several protocols: the copy leak -------------------------------------------------
+
+
+def test_leak_table_puts_protocols_side_by_side_and_computes_the_inflation(
+        paired_small_data_dir, tmp_path):
+    out = study.run_comparison(
+        str(tmp_path), ("study", "photo", "subject"), data="synthetic_paired", runlocal=True,
+        methods=("lbp", "eigenface"), dataset="synthetic_masked_faces/paired_small",
+        data_dir=paired_small_data_dir, neural_overrides={**TINY, "saliency_images": 0},
+        num_samples=100, command="python -m fgmask_jax.study --protocol=study,photo,subject")
+    for p in ("study", "photo", "subject"):  # each protocol's own study, in its folder
+        assert (tmp_path / p / "study.md").exists()
+        assert f"protocol={p}" in (tmp_path / p / "study.md").read_text()
+    acc = {(r["method"], r["task"], r["protocol"]): r["value"] for r in out["rows"]}
+    assert len(acc) == 2 * len(TASKS) * 3
+    assert {r["n"] for r in out["rows"] if r["protocol"] == "photo"} == {17}  # photo_test
+    assert len(out["inflation"]) == 2 * len(TASKS) * 2
+    for r in out["inflation"]:  # study minus the other protocol, from the per-protocol runs
+        assert r["value"] == pytest.approx(acc[r["method"], r["task"], "study"]
+                                           - acc[r["method"], r["task"], r["versus"]])
+        assert r["low"] <= r["high"]
+    assert out["leak"]["with_copy_in_train"] > 0  # copies of a test photo were trained on
+    table = (tmp_path / "leak.md").read_text()
+    assert "| method | task | study | photo | subject | study − photo | study − subject |" \
+        in table
+    assert "| LBP | gender |" in table and "| Eigenface | expression |" in table
+    assert "--protocol=study,photo,subject" in table
+    with open(tmp_path / "leak.csv") as f:
+        kinds = [r["kind"] for r in csv.DictReader(f)]
+    assert kinds.count("accuracy") == 18 and kinds.count("inflation") == 12
+    import json
+
+    saved = json.loads((tmp_path / "leak.json").read_text())
+    assert saved["setting"]["protocols"] == ["study", "photo", "subject"]
+    # A second call reuses every finished run.
+    again = study.run_comparison(
+        str(tmp_path), ("study", "photo"), data="synthetic_paired", runlocal=True,
+        methods=("lbp", "eigenface"), dataset="synthetic_masked_faces/paired_small",
+        data_dir=paired_small_data_dir, neural_overrides={**TINY, "saliency_images": 0},
+        num_samples=100)
+    assert all(r["status"] == "skipped" for s in again["studies"].values() for r in s["runs"])
+
+
+def test_paired_difference_is_the_difference_with_a_paired_interval():
+    rng = np.random.default_rng(4)
+    subject = np.repeat(np.arange(30), 6)
+    a = rng.random(subject.size) < 0.8
+    b = a & (rng.random(subject.size) < 0.9)  # b is a with some answers lost
+    d = study.paired_difference((a, subject), (b, subject), num_samples=500)
+    assert d["value"] == pytest.approx(a.mean() - b.mean())
+    assert 0 <= d["low"] <= d["value"] <= d["high"]  # paired: a never below b per person
+    # Persons on one side only count only there; the point value is still the difference.
+    e = study.paired_difference((a, subject), (b[:60], subject[:60]), num_samples=200)
+    assert e["value"] == pytest.approx(a.mean() - b[:60].mean())
+
+
+@pytest.mark.parametrize("protocols, data, message", [
+    (("photo", "subject"), "synthetic_paired", "study among them"),
+    (("study", "study"), "synthetic_paired", "study among them"),
+    (("study", "photo"), "synthetic", "protocol=photo needs data=synthetic_paired"),
+    (("study", "nope"), "synthetic_paired", "protocol='nope' is not one of"),
+])
+def test_bad_protocols_are_refused_before_anything_runs(protocols, data, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        study.run_comparison(str(tmp_path), protocols, data=data)
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_protocols_are_one_line_errors_that_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "fgmask_jax.study",
+                             f"--workdir={tmp_path}", "--protocol=study,photo"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "protocol=photo needs data=synthetic_paired" in result.stderr

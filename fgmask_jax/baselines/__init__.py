@@ -23,7 +23,7 @@ def classical_config(arg: str | None, method: str, size: int,
                      **variants) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
     """(config, parsed variants) of a classical method; ``variants`` adds method-specific ones.
 
-    Common variants: data=fgnet_mask|synthetic, protocol=study|subject|lopo,
+    Common variants: data=fgnet_mask|synthetic|synthetic_paired, protocol=study|subject|photo|lopo,
     size=N, runlocal. The caller adds the method's own fields to the config.
 
     Raises:

@@ -1,9 +1,12 @@
 """Classifiers on fixed features, with hyper-parameters chosen by cross-validation.
 
-The folds are drawn from the training data only. Under a subject-disjoint
-protocol (``subject``, ``lopo``) they are grouped by person, so that validation,
-like the test, is on persons the model never saw; under the study's protocol
-they are stratified over images, as its random split is.
+The folds are drawn from the training data only, and split it as the protocol
+splits train from test. Under a subject-disjoint protocol (``subject``, ``lopo``)
+they are grouped by person, so that validation, like the test, is on persons the
+model never saw; under ``photo`` they are grouped by source photo, so that no
+masked copy of a validation photo is fitted on (grouping by person would be
+stricter than the test); under the study's protocol they are stratified over
+images, as its random split is.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from sklearn.preprocessing import StandardScaler
 
 CLASSIFIERS = ("linear", "knn")
 SUBJECT_DISJOINT = ("subject", "lopo")
+PHOTO_DISJOINT = ("photo",)
 
 
 @dataclasses.dataclass
@@ -38,24 +42,32 @@ def cv_folds(
     protocol: str,
     num_folds: int,
     seed: int,
+    photo_ids: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Cross-validation (fit, validation) index pairs over one training set.
 
     Grouped by ``subject_ids`` (GroupKFold, shuffled by ``seed``) under the
-    subject-disjoint protocols: no person is on both sides of a fold. Stratified
+    subject-disjoint protocols: no person is on both sides of a fold. Grouped by
+    ``photo_ids`` under ``photo``: no photo's copies on both sides. Stratified
     by ``labels`` under ``study``. ``num_folds`` is lowered to what the data allow
-    (persons, or the smallest class); fewer than 2 gives no folds ([]).
+    (persons or photos, or the smallest class); fewer than 2 gives no folds ([]).
+
+    Raises:
+      ValueError: an unknown protocol, or ``photo`` without ``photo_ids``.
     """
     labels, subject_ids = np.asarray(labels), np.asarray(subject_ids)
     x = np.zeros((len(labels), 1))
-    if protocol in SUBJECT_DISJOINT:
-        n = min(num_folds, len(np.unique(subject_ids)))
+    if protocol in SUBJECT_DISJOINT + PHOTO_DISJOINT:
+        if protocol in PHOTO_DISJOINT and photo_ids is None:
+            raise ValueError("protocol 'photo' groups folds by photo: give photo_ids")
+        groups = subject_ids if protocol in SUBJECT_DISJOINT else np.asarray(photo_ids)
+        n = min(num_folds, len(np.unique(groups)))
         if n < 2:
             return []
         splitter = GroupKFold(n, shuffle=True, random_state=seed)
-        return list(splitter.split(x, labels, groups=subject_ids))
+        return list(splitter.split(x, labels, groups=groups))
     if protocol != "study":
-        raise ValueError(f"protocol {protocol!r}: use study, subject or lopo")
+        raise ValueError(f"protocol {protocol!r}: use study, subject, photo or lopo")
     smallest = np.unique(labels, return_counts=True)[1].min()
     n = min(num_folds, len(labels))
     if smallest >= n:
@@ -94,11 +106,13 @@ def fit_classifier(
     grid: tuple,
     num_folds: int,
     seed: int,
+    photo_ids: np.ndarray | None = None,
 ) -> Fitted:
     """Chooses the hyper-parameter from ``grid`` by cross-validated accuracy, refits on all.
 
-    features: float[N, D]; labels, subject_ids: int[N]. A training set with a
-    single class gives the constant classifier (nothing else can be learned).
+    features: float[N, D]; labels, subject_ids (and photo_ids, needed under
+    protocol ``photo``): int[N]. A training set with a single class gives the
+    constant classifier (nothing else can be learned).
     """
     features, labels = np.asarray(features), np.asarray(labels)
     if len(np.unique(labels)) < 2:
@@ -107,7 +121,7 @@ def fit_classifier(
     pipeline, name = make_classifier(kind)
     if kind == "knn":  # k cannot exceed the smallest fit part of a fold
         grid = tuple(k for k in grid if k <= max(1, len(labels) // 2)) or (1,)
-    folds = cv_folds(labels, subject_ids, protocol, num_folds, seed)
+    folds = cv_folds(labels, subject_ids, protocol, num_folds, seed, photo_ids)
     if not folds or len(grid) == 1:
         pipeline.set_params(**{f"clf__{name}": grid[0]}).fit(features, labels)
         return Fitted(pipeline, {name: grid[0]}, float("nan"), len(folds))

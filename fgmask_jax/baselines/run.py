@@ -5,8 +5,9 @@
 Reads the protocol's splits through the same pipeline as the neural trainer
 (decoded uint8 images at ``config.image_size``), extracts features in jitted
 batches, fits one classifier per task on the training split and predicts the
-test split. Protocols: ``study`` and ``subject`` (the dataset's train/test
-splits) and ``lopo`` (folds of persons over all images: every image is predicted
+test split. Protocols: ``study``, ``subject`` and ``photo`` (the dataset's
+train/test splits; ``photo`` needs a dataset with photo splits, the synthetic
+``paired`` one) and ``lopo`` (folds of persons over all images: every image is predicted
 once, by a model that never saw its person; results pooled over the folds).
 
 Writes in ``workdir``: ``config.json``, ``results.json`` (``{"test": {task:
@@ -98,9 +99,11 @@ def folds(config, subject_ids: np.ndarray, is_test: np.ndarray):
 
 
 def _load(config) -> dict[str, np.ndarray]:
-    """All images and labels the protocol uses, plus 'is_test' (bool[N])."""
-    if config.protocol not in ("study", "subject", "lopo"):
-        raise ValueError(f"config.protocol={config.protocol!r}: use study, subject or lopo")
+    """All images and labels the protocol uses, plus 'is_test' (bool[N]) and, where the
+    dataset records it, 'photo_id' (int32[N])."""
+    if config.protocol not in ("study", "subject", "photo", "lopo"):
+        raise ValueError(
+            f"config.protocol={config.protocol!r}: use study, subject, photo or lopo")
     names = pipeline.split_names("study" if config.protocol == "lopo" else config.protocol)
     parts = []
     for name, is_test in zip(names, (False, True), strict=True):
@@ -108,6 +111,13 @@ def _load(config) -> dict[str, np.ndarray]:
         part = pipeline.load_all(source, np.arange(len(source)), config.image_size,
                                  config.workers)
         part["is_test"] = np.full(len(source), is_test)
+        photo_ids = pipeline.read_labels(source).get("photo_id")
+        if photo_ids is not None:
+            part["photo_id"] = photo_ids
+        elif config.protocol == "photo":
+            raise ValueError(
+                f"protocol=photo: {config.dataset} records no photo_id (its copies of one "
+                "photo are not known); use the synthetic paired data (data=synthetic_paired)")
         parts.append(part)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -143,6 +153,7 @@ def run_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 config.classifier, train_x, data[task][train_ix], data["subject_id"][train_ix],
                 protocol=config.protocol, grid=tuple(config.grid), num_folds=config.cv_folds,
                 seed=config.seed,
+                photo_ids=data["photo_id"][train_ix] if "photo_id" in data else None,
             )
             predictions[task][test_ix] = fitted.model.predict(test_x)
             params = {n: np.asarray(v).item() for n, v in fitted.params.items()}
@@ -200,8 +211,9 @@ def _write(config, workdir: str, results: dict, selection: dict, num_folds: int)
     protocol = (f"leave-persons-out over {num_folds} folds of persons, predictions pooled"
                 if config.protocol == "lopo" else f"the {config.protocol} split")
     name = "k-NN" if config.classifier == "knn" else "logistic regression"
-    grouped = "grouped by person" if config.protocol in classifiers.SUBJECT_DISJOINT \
-        else "stratified"
+    grouped = ("grouped by person" if config.protocol in classifiers.SUBJECT_DISJOINT
+               else "grouped by photo" if config.protocol in classifiers.PHOTO_DISJOINT
+               else "stratified")
     report_lib.write_report(
         workdir,
         f"{_describe(config)} on {config.dataset}, protocol={config.protocol}",
