@@ -129,8 +129,9 @@ def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r} is not one of: {', '.join(PROTOCOLS)}")
     if protocol == "photo" and data != "synthetic_paired":
-        raise ValueError(f"protocol=photo needs data=synthetic_paired (the data whose masked "
-                         f"copies of one photo are known); data={data!r} has no photo splits")
+        raise ValueError(f"protocol=photo needs data=synthetic_paired (the data with several "
+                         f"masked copies of one photo); in data={data!r} each image is its own "
+                         "photo, so photo would repeat protocol=study")
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"methods {unknown or '(none)'}: choose from {', '.join(METHODS)}")
