@@ -766,9 +766,10 @@ def train_lopo(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> di
 
 def _saliency_section(workdir: str, model, state: TrainState, source, indices,
                       config) -> str:
-    """Grad-CAM of each task head over the first ``config.saliency_images`` test images:
-    the report's figure and the share of attribution in the upper and lower half of the
-    face (where masks sit). Runs on this process's devices only."""
+    """Grad-CAM of each task head over the first ``config.saliency_images`` test images, at
+    the last feature map of at least 4x4 (a ResNet's last map is 2x2 at 64 px): the report's
+    figure and the share of attribution in the upper and lower half of the face (where masks
+    sit). Runs on this process's devices only."""
     images = pipeline.load_all(source, np.asarray(indices)[:config.saliency_images],
                                config.image_size)["image"]
     variables = jax.device_get(_variables(state.params, state.batch_stats))
@@ -777,7 +778,7 @@ def _saliency_section(workdir: str, model, state: TrainState, source, indices,
     upper = saliency_lib.rows_above(h, w, h // 2)
     summary = saliency_lib.summarize_grad_cam(
         model, variables, x, regions={"upper half": upper, "lower half (mask)": ~upper},
-        batch_size=min(config.batch_size, len(x)))
+        batch_size=min(config.batch_size, len(x)), min_side=4)
     return report_lib.saliency_section(workdir, images.mean(0), summary["maps"],
                                        summary["shares"], method="Grad-CAM")
 

@@ -186,14 +186,16 @@ def module_outputs(model: nn.Module, variables, images: jax.Array,
     return found
 
 
-def last_feature_map(model: nn.Module, variables, images: jax.Array) -> tuple[str, ...]:
+def last_feature_map(model: nn.Module, variables, images: jax.Array,
+                     min_side: int = 2) -> tuple[str, ...]:
     """Path of the last submodule whose output is a spatial map float[B, h, w, K] with
-    h, w > 1 (a 1x1 map carries no location): the default Grad-CAM layer."""
+    h, w >= ``min_side`` (a 1x1 map carries no location): the default Grad-CAM layer."""
     maps = [path for path, shape in module_outputs(model, variables, images)
-            if len(shape) == 4 and shape[1] > 1 and shape[2] > 1]
+            if len(shape) == 4 and shape[1] >= max(min_side, 2) and shape[2] >= max(min_side, 2)]
     if not maps:
-        raise ValueError("the model has no submodule with a spatial output [B, h, w, K] "
-                         "larger than 1x1: Grad-CAM has no map to read")
+        raise ValueError(f"the model has no submodule with a spatial output [B, h, w, K] of "
+                         f"at least {max(min_side, 2)}x{max(min_side, 2)}: Grad-CAM has no map "
+                         "to read")
     return maps[-1]
 
 
@@ -335,10 +337,12 @@ def summarize_attributions(apply_fn: ApplyFn, variables, images: np.ndarray, *,
 
 def summarize_grad_cam(model: nn.Module, variables, images: np.ndarray, *,
                        regions: Mapping[str, np.ndarray] | None = None,
-                       batch_size: int = 32, score: str = "logit") -> dict:
-    """`grad_cam` (at the last spatial map) over a set of images, summarised as
-    `summarize_attributions`; one forward and backward pass per batch."""
-    layer = last_feature_map(model, variables, jnp.asarray(images[:batch_size], jnp.float32))
+                       batch_size: int = 32, score: str = "logit", min_side: int = 2) -> dict:
+    """`grad_cam` (at the last spatial map of at least ``min_side`` x ``min_side``) over a
+    set of images, summarised as `summarize_attributions`; one forward and backward pass
+    per batch."""
+    layer = last_feature_map(model, variables, jnp.asarray(images[:batch_size], jnp.float32),
+                             min_side)
     return summarize(lambda batch: grad_cam(model, variables, batch, layer=layer, score=score),
                      images, regions, batch_size)
 
