@@ -27,9 +27,9 @@ def main_command(cwd: Path, data_dir: str, workdir: str, *overrides: str) -> lis
             "--config.batch_size=8", "--config.warmup_epochs=0", *overrides]
 
 
-def run(command, cwd, timeout=300):
+def run(command, cwd, timeout=300, env=None):
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+                          check=False, env=env)
 
 
 def test_relative_workdir_from_another_directory(small_data_dir, tmp_path):
@@ -37,8 +37,13 @@ def test_relative_workdir_from_another_directory(small_data_dir, tmp_path):
     cwd.mkdir()
     command = main_command(cwd, small_data_dir, "runs/rel", "--config.num_train_steps=4",
                            "--config.checkpoint_every_steps=2", "--config.eval_every_steps=2")
-    result = run(command, cwd)
+    # Without JAX_COMPILATION_CACHE_DIR, the default compilation cache is used and filled.
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"))
+    result = run(command, cwd, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert os.listdir(tmp_path / "cache" / "fgmask_jax" / "xla")
+    assert "compilation cache" not in result.stderr  # no warning that it could not be used
     workdir = cwd / "runs" / "rel"
     assert (workdir / "results.json").exists() and (workdir / "report.md").exists()
     assert checkpointing.Checkpointer(str(workdir / "checkpoints")).all_steps() == [2, 4]
