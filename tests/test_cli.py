@@ -24,7 +24,8 @@ def main_command(cwd: Path, data_dir: str, workdir: str, *overrides: str) -> lis
     return [sys.executable, "-m", "fgmask_jax.main", f"--config={config}",
             f"--workdir={workdir}", "--config.dataset=synthetic_masked_faces/small",
             f"--config.data_dir={os.path.relpath(data_dir, cwd)}",
-            "--config.batch_size=8", "--config.warmup_epochs=0", *overrides]
+            "--config.batch_size=8", "--config.warmup_epochs=0", "--config.saliency_images=0",
+            *overrides]
 
 
 def run(command, cwd, timeout=300, env=None):
@@ -60,7 +61,7 @@ def uninterrupted(small_data_dir, tmp_path_factory):
     """The final state of the LONG run, trained without interruption."""
     config = config_lib.load(str(REPO / SPEC))
     config.update(dataset="synthetic_masked_faces/small", data_dir=small_data_dir,
-                  batch_size=8, warmup_epochs=0.0)
+                  batch_size=8, warmup_epochs=0.0, saliency_images=0)
     for item in LONG:
         key, value = item[len("--config."):].split("=")
         config[key] = int(value)

@@ -14,7 +14,8 @@ from fgmask_jax.evaluation import bootstrap, metrics
 TASKS = ("age_group", "gender", "expression")
 # Tiny neural runs at 32 px: a handful of steps each.
 TINY = {"image_size": 32, "batch_size": 8, "num_train_steps": 2, "eval_every_steps": 2,
-        "checkpoint_every_steps": 2, "warmup_epochs": 0.0, "log_every_steps": 1}
+        "checkpoint_every_steps": 2, "warmup_epochs": 0.0, "log_every_steps": 1,
+        "saliency_images": 0}
 METHODS = ("lbp", "eigenface", "single_task_cnn", "multitask_resnet")
 
 

@@ -23,6 +23,7 @@ def tiny_config(data_dir, **overrides):
     c.checkpoint_every_steps = 3
     c.warmup_epochs = 0.0
     c.log_every_steps = 2
+    c.saliency_images = 0  # the report's saliency section is tested once, below
     c.update(overrides)
     return c
 
@@ -43,7 +44,8 @@ def final_state(workdir):
 
 
 def test_train_and_evaluate_writes_metrics_checkpoints_and_report(small_data_dir, tmp_path):
-    results = train.train_and_evaluate(tiny_config(small_data_dir), str(tmp_path))
+    results = train.train_and_evaluate(tiny_config(small_data_dir, saliency_images=256),
+                                       str(tmp_path))
 
     assert results["steps"] == 6
     test = results["test"]
