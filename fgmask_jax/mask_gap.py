@@ -375,12 +375,7 @@ def main(argv):
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
-    overrides = []
-    for item in f.neural_override:
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise cli.UserError(f"--neural_override={item!r}: use KEY=VALUE")
-        overrides.append((key.strip(), value))
+    overrides = study.parse_overrides(f.neural_override)
     workdir = cli.absolute(f.workdir)
     command = "python -m fgmask_jax.mask_gap " + " ".join(
         a for a in sys.argv[1:] if not a.startswith("--workdir")) + " --workdir=DIR"

@@ -850,16 +850,26 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the bootstrap.")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    f = flags.FLAGS
+def parse_overrides(items) -> list[tuple[str, str]]:
+    """``--neural_override`` values ``KEY=VALUE`` as (key, value) pairs.
+
+    Raises:
+      cli.UserError: an item without ``=``.
+    """
     overrides = []
-    for item in f.neural_override:
+    for item in items:
         key, eq, value = item.partition("=")
         if not eq:
             raise cli.UserError(f"--neural_override={item!r}: use KEY=VALUE")
         overrides.append((key.strip(), value))
+    return overrides
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    f = flags.FLAGS
+    overrides = parse_overrides(f.neural_override)
     workdir = cli.absolute(f.workdir)
     common = dict(runlocal=f.runlocal, resnet=f.resnet,
                   pretrained_resnet=cli.absolute(f.pretrained_resnet),
