@@ -265,12 +265,16 @@ def free_memory(device: jax.Device) -> int:
     stats = device.memory_stats() if device.platform != "cpu" else None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-    with open("/proc/meminfo") as f:  # Linux; elsewhere, assume it does not fit
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                available = int(line.split()[1]) * 1024
-                # The CPU devices of one process share the host memory.
-                return available // max(1, len(jax.local_devices()))
+    try:  # Linux; elsewhere, assume it does not fit
+        with open("/proc/meminfo") as f:
+            lines = f.readlines()
+    except OSError:
+        return 0
+    for line in lines:
+        if line.startswith("MemAvailable:"):
+            available = int(line.split()[1]) * 1024
+            # The CPU devices of one process share the host memory.
+            return available // max(1, len(jax.local_devices()))
     return 0
 
 
