@@ -768,16 +768,24 @@ def _saliency_section(workdir: str, model, state: TrainState, source, indices,
                       config) -> str:
     """Grad-CAM of each task head over the first ``config.saliency_images`` test images, at
     the last feature map of at least 4x4 (a ResNet's last map is 2x2 at 64 px): the report's
-    figure and the share of attribution in the upper and lower half of the face (where masks
-    sit). Runs on this process's devices only."""
-    images = pipeline.load_all(source, np.asarray(indices)[:config.saliency_images],
-                               config.image_size)["image"]
+    figure and the share of attribution on each image's mask, above it and elsewhere (from
+    the dataset's landmarks; without them, the upper and lower half of the image). Runs on
+    this process's devices only."""
+    indices = np.asarray(indices)[:config.saliency_images]
+    images = pipeline.load_all(source, indices, config.image_size)["image"]
     variables = jax.device_get(_variables(state.params, state.batch_stats))
     x = np.asarray(pipeline.normalize(images, jnp.float32))
     h, w = images.shape[1:3]
-    upper = saliency_lib.rows_above(h, w, h // 2)
+    if (on := pipeline.mask_regions(source, indices, config.image_size)) is not None:
+        top = np.where(on.any(2), np.arange(h), h).min(1)  # each mask's first row
+        above = np.arange(h)[None, :, None] < top[:, None, None]
+        regions = {"above the mask": np.broadcast_to(above, on.shape), "on the mask": on,
+                   "elsewhere": ~on & ~above}
+    else:
+        upper = saliency_lib.rows_above(h, w, h // 2)
+        regions = {"upper half": upper, "lower half (mask)": ~upper}
     summary = saliency_lib.summarize_grad_cam(
-        model, variables, x, regions={"upper half": upper, "lower half (mask)": ~upper},
+        model, variables, x, regions=regions,
         batch_size=min(config.batch_size, len(x)), min_side=4)
     return report_lib.saliency_section(workdir, images.mean(0), summary["maps"],
                                        summary["shares"], method="Grad-CAM")

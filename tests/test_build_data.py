@@ -98,7 +98,7 @@ def test_synthetic_build_idempotent_and_readable_without_project(tmp_path, capsy
     data_dir = tmp_path / "data"
     builder = build_data.build(SMALL, str(data_dir))
     out = capsys.readouterr().out
-    assert "Building synthetic_masked_faces/small/1.1.0" in out
+    assert "Building synthetic_masked_faces/small/1.2.0" in out
     assert builder.is_prepared()
     counts = {s: builder.info.splits[s].num_examples for s in SPLIT_NAMES}
     assert counts == {"train": 45, "test": 15, "subject_train": 42, "subject_test": 18}
@@ -112,7 +112,7 @@ def test_synthetic_build_idempotent_and_readable_without_project(tmp_path, capsy
     assert file_times(data_dir) == before  # nothing rewritten
 
     read = read_without_project(SMALL, data_dir, cwd=tmp_path)
-    rows = check_contract(read, extra_keys={"mask_kind", "photo_id"})
+    rows = check_contract(read, extra_keys={"mask_kind", "photo_id", "landmarks"})
     assert len(rows) == 60
     assert all(r["shape"][:2] == [32, 32] for r in rows)
 
@@ -159,7 +159,7 @@ def test_command_line(tmp_path):
                f"--data_dir={tmp_path}"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "Built synthetic_masked_faces/small/1.1.0" in first.stdout
+    assert "Built synthetic_masked_faces/small/1.2.0" in first.stdout
     assert "Drawing synthetic faces" in first.stderr  # the progress bar
     second = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert second.returncode == 0 and "already built" in second.stdout

@@ -37,7 +37,7 @@ def _read(name: str, split: str, data_dir: str) -> list[dict]:
     for ex in source:
         row = {k: v.decode() if isinstance(v, bytes) and k != "image" else v
                for k, v in ex.items()}
-        rows.append({k: v if k in ("image", "filename", "mask_kind") else int(v)
+        rows.append({k: v if k in ("image", "filename", "mask_kind", "landmarks") else int(v)
                      for k, v in row.items()})
     return rows
 
@@ -67,7 +67,7 @@ def test_default_first_records_are_those_of_version_1_0_0():
     for example in first:
         record = builder_lib.encode_example(example)
         h.update(record["image"])
-        rest = {k: v for k, v in record.items() if k not in ("image", "photo_id")}
+        rest = {k: v for k, v in record.items() if k not in ("image", "photo_id", "landmarks")}
         h.update(json.dumps(rest, sort_keys=True).encode())
     assert h.hexdigest() == DEFAULT_FIRST_FIVE_RECORDS
 
@@ -120,6 +120,7 @@ def test_paired_small_copies_and_twins_agree(paired):
         assert kinds.count(synthetic.UNMASKED) == 1 and len(rows) in (4, 5), photo_id
         assert len(set(kinds)) == len(kinds)  # every copy another kind of mask
         assert len({tuple(r[k] for k in LABEL_KEYS) for r in rows}) == 1, photo_id
+        assert len({r["landmarks"].tobytes() for r in rows}) == 1, photo_id  # one face
         twin = next(r for r in rows if r["mask_kind"] == synthetic.UNMASKED)
         assert twin["filename"].endswith(" (0).jpg")
         parsed = labels.parse_filename(twin["filename"])

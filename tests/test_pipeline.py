@@ -78,6 +78,26 @@ def test_load_all_keeps_order_and_labels(source):
     assert data["image"].shape == (3, 16, 16, 3)
 
 
+def test_mask_regions_mark_the_pixels_the_mask_changed(paired_small_data_dir):
+    name = "synthetic_masked_faces/paired_small"
+    masked = pipeline.open_split(name, "photo_test", paired_small_data_dir)
+    twins = pipeline.open_split(name, "unmasked_photo_test", paired_small_data_dir)
+    twin_of = {p: i for i, p in enumerate(pipeline.read_labels(twins)["photo_id"])}
+    ix = np.arange(len(masked))
+    twin_ix = np.array([twin_of[p] for p in pipeline.read_labels(masked)["photo_id"]])
+    regions = pipeline.mask_regions(masked, ix, 32)
+    assert regions.shape == (len(ix), 32, 32) and regions.dtype == bool
+    diff = np.abs(pipeline.load_all(masked, ix, 32)["image"].astype(int)
+                  - pipeline.load_all(twins, twin_ix, 32)["image"]).sum(-1)
+    assert diff[regions].mean() > 10 * diff[~regions].mean()  # JPEG noise outside
+    # At the model's input size: the same part of the image, resized as the images are.
+    half = pipeline.mask_regions(masked, ix, 16)
+    assert half.shape == (len(ix), 16, 16) and abs(half.mean() - regions.mean()) < 0.03
+    # A twin gets where a surgical mask would sit: the lower face.
+    rows = np.nonzero(pipeline.mask_regions(twins, [0], 32)[0])[0]
+    assert len(rows) and rows.min() > 8
+
+
 def test_augment_is_seeded_bounded_and_changes_images():
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)), jnp.uint8)
     a = pipeline.augment(jax.random.key(1), images)

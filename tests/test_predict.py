@@ -222,7 +222,7 @@ def _photo(faces: list[np.ndarray]) -> np.ndarray:
 def test_faces_are_found_cropped_and_predicted_one_row_each(run_dir, tmp_path):
     pytest.importorskip("skimage")
     specs = synthetic.example_specs(60, 12, 0, 128)
-    faces = [synthetic.render_example(specs[i])[0]["image"] for i in (0, 2)]
+    faces = [synthetic.render_example(specs[i])["image"] for i in (0, 2)]
     two, none = _photo(faces), _photo([])
     Image.fromarray(two).save(tmp_path / "two.png")
     Image.fromarray(none).save(tmp_path / "none.png")

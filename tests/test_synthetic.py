@@ -87,6 +87,7 @@ def test_examples_have_the_promised_fields(small_set):
         "photo_id",
         "filename",
         "mask_kind",
+        "landmarks",
         "jpeg_quality",
     ]
     assert [ex["photo_id"] for ex in small_set] == list(range(1, 25))  # each its own photo
@@ -109,17 +110,14 @@ def test_same_seed_same_images_whatever_the_workers(small_set):
         synthetic.generate(num_examples=24, num_subjects=6, seed=5, image_size=64, workers=2)
     )
     for a, b in zip(small_set, again, strict=True):
-        np.testing.assert_array_equal(a["image"], b["image"])
-        assert {k: v for k, v in a.items() if k != "image"} == {
-            k: v for k, v in b.items() if k != "image"
-        }
+        np.testing.assert_equal(a, b)
     other = next(synthetic.generate(num_examples=24, num_subjects=6, seed=6, image_size=64))
     assert not np.array_equal(other["image"], small_set[0]["image"])
 
 
 def test_landmarks_are_inside_the_image_and_in_ibug_order():
     for task in synthetic.example_specs(40, 8, seed=2, image_size=64):
-        _, lm = synthetic.render_example(task)
+        lm = synthetic.render_example(task)["landmarks"]
         assert lm.shape == (68, 2) and lm.dtype == np.float32
         assert lm.min() >= 0 and lm.max() <= 63, task.filename
         assert lm[0, 0] < lm[8, 0] < lm[16, 0]  # jaw from the image's left to its right
@@ -129,7 +127,8 @@ def test_landmarks_are_inside_the_image_and_in_ibug_order():
 
 def test_the_mask_covers_the_lower_face_and_spares_the_eyes():
     task = synthetic.example_specs(10, 2, seed=4, image_size=96)[3]
-    masked, lm = synthetic.render_example(task)
+    masked = synthetic.render_example(task)
+    lm = masked["landmarks"]
     rng = synthetic.example_rng(4, 3)
     params = synthetic.sample_face_params(
         synthetic.sample_subject(task.subject_id, task.gender, 4), task.age, task.expression, rng
@@ -163,7 +162,8 @@ def test_expression_is_readable_above_the_mask():
     persons, tells happy from unhappy on the other half."""
     crops, expression, person = [], [], []
     for task in synthetic.example_specs(160, 16, seed=3, image_size=64):
-        example, lm = synthetic.render_example(task)
+        example = synthetic.render_example(task)
+        lm = example["landmarks"]
         crops.append(_brow_and_eye_crop(example["image"], lm))
         expression.append(example["expression"])
         person.append(example["subject_id"])
@@ -192,7 +192,7 @@ def _digest(examples) -> str:
     h = hashlib.sha256()
     for ex in examples:
         h.update(ex["image"].tobytes())
-        rest = {k: v for k, v in ex.items() if k not in ("image", "photo_id")}
+        rest = {k: v for k, v in ex.items() if k not in ("image", "photo_id", "landmarks")}
         h.update(json.dumps(rest, sort_keys=True, default=int).encode())
     return h.hexdigest()
 
@@ -213,7 +213,9 @@ PAIRED_SMALL = dict(num_examples=68, num_subjects=6, seed=0, image_size=32,
 @pytest.fixture(scope="module")
 def photos() -> list[tuple[synthetic.PhotoSpec, list[dict], np.ndarray]]:
     """Every photo of paired_small: (spec, its copies then its twin, landmarks)."""
-    return [(spec, *synthetic.render_photo(spec)) for spec in synthetic.photo_specs(**PAIRED_SMALL)]
+    return [(spec, examples, examples[0]["landmarks"])
+            for spec in synthetic.photo_specs(**PAIRED_SMALL)
+            for examples in [synthetic.render_photo(spec)]]
 
 
 def _mask_region(landmarks: np.ndarray, kind: str, hw: tuple[int, int]):
@@ -293,15 +295,24 @@ def test_twins_differ_from_their_copies_only_under_the_mask(photos):
             assert differs[inside].mean() > 0.9, (spec.index, copy["mask_kind"])
 
 
+def test_mask_region_is_what_the_mask_covers(photos):
+    for spec, examples, landmarks in photos:
+        for copy in examples[:-1]:
+            inside, outside = _mask_region(landmarks, copy["mask_kind"], (32, 32))
+            region = masks.mask_region(copy["landmarks"], (32, 32), copy["mask_kind"])
+            assert region[inside].all() and not region[outside].any(), spec.index
+            assert 0.1 < region.mean() < 0.6  # the lower face, not the whole image
+    with pytest.raises(ValueError, match="unknown mask kind 'none'"):
+        masks.mask_region(landmarks, (32, 32), synthetic.UNMASKED)
+
+
 def test_photo_mode_yields_copies_then_twin_whatever_the_workers():
     args = dict(num_examples=10, num_subjects=2, seed=1, image_size=32, copies_per_photo=3.4)
     alone = list(synthetic.generate(**args, twins=True))
     pooled = list(synthetic.generate(**args, twins=True, workers=2))
     assert len(alone) == 10 + 3
     for a, b in zip(alone, pooled, strict=True):
-        np.testing.assert_array_equal(a["image"], b["image"])
-        assert {k: v for k, v in a.items() if k != "image"} == {
-            k: v for k, v in b.items() if k != "image"}
+        np.testing.assert_equal(a, b)
     assert [ex["mask_kind"] == "none" for ex in alone].count(True) == 3
     without = list(synthetic.generate(**args))
     assert [ex["filename"] for ex in without] == [

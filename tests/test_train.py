@@ -74,9 +74,11 @@ def test_train_and_evaluate_writes_metrics_checkpoints_and_report(small_data_dir
     gender = saved["subgroups"]["gender"]
     assert sum(g["n"] for g in gender.values()) == 15
     assert "## Accuracy by subgroup (test)" in report
-    # Grad-CAM of every head over the test images: a figure and the shares of the halves.
+    # Grad-CAM of every head over the test images: a figure and the shares of the regions.
     assert "## Where the model looks (test)" in report and (tmp_path / "saliency_test.png").exists()
-    assert "| age_group | 15 |" in report.split("## Where the model looks")[1]
+    looks = report.split("## Where the model looks")[1]
+    assert "| age_group | 15 |" in looks
+    assert "share on the mask" in looks and "share above the mask" in looks  # from landmarks
     # The predictor applies the run's temperatures.
     from fgmask_jax import predict
 

@@ -88,6 +88,26 @@ def read_mask_kinds(source) -> np.ndarray | None:
                        for k in (r["mask_kind"] for r in records)])
 
 
+def mask_regions(source, indices: Sequence[int], image_size: int) -> np.ndarray | None:
+    """bool[N, S, S]: the pixels of each model input (``S`` = ``image_size``) under its
+    mask, from the dataset's ``landmarks`` and ``mask_kind`` (`masks.mask_region`, then
+    the images' own `square_resize`); where a surgical mask would sit on an unmasked
+    twin. None when the dataset has no landmarks (FGNET-MASK).
+    """
+    from fgmask_jax import masks  # here: only this reader needs the mask geometry
+
+    records = source.__getitems__([int(i) for i in indices])
+    if not records or "landmarks" not in records[0]:
+        return None
+    regions = []
+    for r in records:
+        kind = r["mask_kind"].decode() if isinstance(r["mask_kind"], bytes) else r["mask_kind"]
+        region = masks.mask_region(r["landmarks"], read_image(r["image"]).shape[:2],
+                                   "surgical" if kind == "none" else kind)
+        regions.append(square_resize(region.astype(np.uint8) * 255, image_size) >= 128)
+    return np.stack(regions)
+
+
 def _imdecode(data: bytes) -> np.ndarray | None:
     """Encoded bytes -> uint8[H, W, 3] BGR, or None if they do not decode.
 

@@ -1069,8 +1069,8 @@ def example_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_EXAMPLE_STREAM, index)))
 
 
-def render_example(spec: ExampleSpec) -> tuple[dict, np.ndarray]:
-    """One masked example and its float32[68, 2] landmarks (pixels), from its own seed.
+def render_example(spec: ExampleSpec) -> dict:
+    """One masked example (with its face's float32[68, 2] ``landmarks``), from its own seed.
 
     The default mode: each example is its own photo (``photo_id`` = ``index + 1``).
     """
@@ -1093,13 +1093,14 @@ def render_example(spec: ExampleSpec) -> tuple[dict, np.ndarray]:
         "photo_id": spec.index + 1,
         "filename": spec.filename,
         "mask_kind": kind,
+        "landmarks": landmarks,
         "jpeg_quality": int(rng.integers(lo, hi + 1)),
     }
-    return example, landmarks
+    return example
 
 
 def _example(spec: ExampleSpec) -> list[dict]:
-    return [render_example(spec)[0]]
+    return [render_example(spec)]
 
 
 def example_specs(
@@ -1177,9 +1178,9 @@ def photo_specs(
     ]
 
 
-def render_photo(spec: PhotoSpec) -> tuple[list[dict], np.ndarray]:
-    """The masked copies of one photo, then its unmasked twin (if asked), and the photo's
-    float32[68, 2] landmarks (pixels).
+def render_photo(spec: PhotoSpec) -> list[dict]:
+    """The masked copies of one photo, then its unmasked twin (if asked), all with the
+    photo's float32[68, 2] ``landmarks``.
 
     One face is drawn (person, pose, expression, light, background, noise); each copy
     puts another mask on it: the kinds of one photo's copies are consecutive in
@@ -1209,15 +1210,12 @@ def render_photo(spec: PhotoSpec) -> tuple[list[dict], np.ndarray]:
         kind = masks.MASK_KINDS[(start + copy) % len(masks.MASK_KINDS)]
         image = masks.render_mask(face, landmarks, kind, None, seed=int(rng.integers(2**31 - 1)))
         examples.append({"image": image, **shared, "filename": name, "mask_kind": kind,
-                         "jpeg_quality": quality})
+                         "landmarks": landmarks, "jpeg_quality": quality})
     if spec.twin_filename is not None:
         examples.append({"image": face, **shared, "filename": spec.twin_filename,
-                         "mask_kind": UNMASKED, "jpeg_quality": quality})
-    return examples, landmarks
-
-
-def _photo(spec: PhotoSpec) -> list[dict]:
-    return render_photo(spec)[0]
+                         "mask_kind": UNMASKED, "landmarks": landmarks,
+                         "jpeg_quality": quality})
+    return examples
 
 
 def generate(
@@ -1236,7 +1234,9 @@ def generate(
     ``EXPRESSIONS``), ``subject_id``, ``photo_id`` (the source photo, 1-based, unique per
     photo), ``filename`` (FGNET-MASK naming, unique, parsed back to the same labels by
     ``labels.parse_filename``), ``mask_kind`` (one of ``masks.MASK_KINDS``, or
-    ``UNMASKED`` for a twin) and ``jpeg_quality`` (the quality to store the image at).
+    ``UNMASKED`` for a twin), ``landmarks`` (float32[68, 2], the face's iBUG-68 points as
+    (x, y) pixels, as in FG-NET's .pts files; `masks.mask_region` turns them into the
+    mask's pixels) and ``jpeg_quality`` (the quality to store the image at).
 
     Default mode (``copies_per_photo=1``, no twins): ``num_examples`` masked images, each
     its own photo (`example_specs`, `render_example`). Photo mode (``copies_per_photo`` >
@@ -1253,7 +1253,7 @@ def generate(
         work, draw = example_specs(num_examples, num_subjects, seed, image_size), _example
     else:
         work = photo_specs(num_examples, num_subjects, seed, image_size, copies_per_photo, twins)
-        draw = _photo
+        draw = render_photo
     if workers == 0:
         for item in work:
             yield from draw(item)

@@ -11,6 +11,7 @@ from fgmask_jax.masks.render import (
     MASK_KINDS,
     LandmarkError,
     mask_color,
+    mask_region,
     render_mask,
 )
 
@@ -20,6 +21,7 @@ __all__ = [
     "MASK_KINDS",
     "LandmarkError",
     "mask_color",
+    "mask_region",
     "read_pts",
     "render_mask",
 ]

@@ -144,9 +144,7 @@ def render_mask(
     rgb = mask_color(kind, seed) if color is None else _check_color(color)
     points = _check_landmarks(landmarks, image.shape[:2])
     rng = np.random.default_rng([_check_seed(seed), 1 + MASK_KINDS.index(kind)])
-    frame = _face_frame(points)
-    shape = _mask_shape(points, frame, kind)
-    outline = frame.to_image(shape.outline)
+    frame, shape, outline = _outline(points, kind)
     straps = _straps(points, frame, shape, kind)
     x0, y0, x1, y1 = _region(np.concatenate([outline, *straps]), image.shape[:2], frame.width)
     out = image.copy()
@@ -169,6 +167,29 @@ def render_mask(
     region += (mask_rgb - region) * body[..., None]
     out[y0:y1, x0:x1] = np.clip(region + 0.5, 0, 255).astype(np.uint8)
     return out
+
+
+def mask_region(landmarks: np.ndarray, image_hw: tuple[int, int],
+                kind: str = "surgical") -> np.ndarray:
+    """bool[H, W]: the pixels that `render_mask` covers (at least half) with the mask's
+    body for these landmarks and ``kind`` (not its loops or straps).
+
+    Where a face has no mask, it says where one of ``kind`` would sit: e.g. to measure
+    what a model looks at on the same part of an unmasked face.
+
+    Raises:
+      LandmarkError, ValueError: as `render_mask`.
+    """
+    _check_kind(kind)
+    points = _check_landmarks(landmarks, image_hw)
+    return _fill(_outline(points, kind)[2], image_hw) >= 0.5
+
+
+def _outline(points: np.ndarray, kind: str) -> tuple[_Frame, _Shape, np.ndarray]:
+    """The face frame, the mask's shape in it, and its outline float[N, 2] in pixels."""
+    frame = _face_frame(points)
+    shape = _mask_shape(points, frame, kind)
+    return frame, shape, frame.to_image(shape.outline)
 
 
 def _check_image(image: np.ndarray) -> None:

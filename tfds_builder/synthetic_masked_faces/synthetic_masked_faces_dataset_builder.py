@@ -10,11 +10,12 @@ Drawn by ``fgmask_jax.data.synthetic.generate``; needs no download. Configs:
   (68 masked copies of 20 photos and their 20 twins, 6 persons, 32 px) is for tests.
 
 The features are those of ``fgnet_mask``, plus ``photo_id`` (the source photo: all
-masked copies of a photo and its twin share it) and ``mask_kind``. The splits are
-those of ``fgnet_mask`` (``train``/``test``: the study's random image split, which
-lets copies of one photo fall on both sides; ``subject_train``/``subject_test``),
-plus ``photo_train``/``photo_test`` (75/25 of photos: no photo on both sides), all of
-masked images only. Configs with twins add ``unmasked_<split>`` for each of those six:
+masked copies of a photo and its twin share it), ``mask_kind`` and ``landmarks`` (the
+face's 68 points, from which ``fgmask_jax.masks.mask_region`` gives the mask's pixels).
+The splits are those of ``fgnet_mask`` (``train``/``test``: the study's random image
+split, which lets copies of one photo fall on both sides; ``subject_train``/
+``subject_test``), plus ``photo_train``/``photo_test`` (75/25 of photos: no photo on
+both sides), all of masked images only. Configs with twins add ``unmasked_<split>`` for each of those six:
 the twins of the photos in ``<split>``.
 """
 
@@ -62,7 +63,7 @@ def encode_example(example: dict) -> dict:
     return {
         "image": buffer.getvalue(),
         **{k: example[k] for k in ("age", "age_group", "gender", "expression", "subject_id",
-                                    "photo_id", "filename", "mask_kind")},
+                                    "photo_id", "filename", "mask_kind", "landmarks")},
     }
 
 
@@ -100,7 +101,7 @@ def twin_split_indices(
 class Builder(tfds.core.GeneratorBasedBuilder):
     """Procedural masked faces with FGNET-MASK's labels, names, class counts and splits."""
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release: FGNET-MASK's size and class counts, the study's image "
         "split and a subject-disjoint split.",
@@ -108,6 +109,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         "paired and paired_small: masked copies of one photo (3.4 on average) and each "
         "photo unmasked (mask_kind 'none') in unmasked_* splits. The images, labels and "
         "file names of default and small are those of 1.0.0.",
+        "1.2.0": "landmarks feature: each face's 68 points (iBUG-68 order, x and y in pixels), "
+        "the mask's outline by fgmask_jax.masks.mask_region. Images, labels and splits are "
+        "those of 1.1.0.",
     }
     BUILDER_CONFIGS = [
         SyntheticConfig(
@@ -143,6 +147,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     "share it."),
                 mask_kind=tfds.features.Text(
                     doc="The kind of mask drawn on the face; 'none' for an unmasked twin."),
+                landmarks=tfds.features.Tensor(
+                    shape=(68, 2), dtype=np.float32,
+                    doc="The face's 68 landmarks in iBUG-68 order (as FG-NET's .pts), (x, y) "
+                    "in pixels of the image; the mask's pixels are "
+                    "fgmask_jax.masks.mask_region(landmarks, image_hw, mask_kind)."),
             ),
             homepage=HOMEPAGE,
             disable_shuffling=True,  # records in file-name order, as in fgnet_mask
