@@ -263,9 +263,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.dataset={config.get('dataset')!r} is not one of: "
                           f"{', '.join(DATASETS.values())} (optionally NAME/CONFIG)")
     check("protocol", PROTOCOLS)
-    if config.protocol == "photo" and dataset == "fgnet_mask":
-        raise ConfigError("config.protocol='photo': fgnet_mask has no photo splits yet; use "
-                          "data=synthetic_paired, or protocol=subject for a stricter split")
     for task in config.get("tasks", ()):
         if task not in labels_lib.TASKS:
             raise ConfigError(f"config.tasks names {task!r}; tasks are: "

@@ -110,7 +110,7 @@ def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
 
     Args:
       data: fgnet_mask | synthetic | synthetic_paired.
-      protocol: study | subject | photo (synthetic_paired only) | lopo.
+      protocol: study | subject | photo (synthetic_paired, fgnet_mask) | lopo.
       runlocal: pass the runlocal variant to every config, and shorten the neural
         runs by RUNLOCAL_NEURAL (VGG-16: RUNLOCAL_VGG).
       methods: a subset of METHODS, run in METHODS order.
@@ -128,10 +128,10 @@ def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
         raise ValueError(f"data={data!r} is not one of: {', '.join(config_lib.DATASETS)}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r} is not one of: {', '.join(PROTOCOLS)}")
-    if protocol == "photo" and data != "synthetic_paired":
-        raise ValueError(f"protocol=photo needs data=synthetic_paired (the data with several "
-                         f"masked copies of one photo); in data={data!r} each image is its own "
-                         "photo, so photo would repeat protocol=study")
+    if protocol == "photo" and data == "synthetic":
+        raise ValueError("protocol=photo needs data=synthetic_paired or fgnet_mask (the data "
+                         "with several masked copies of one photo); in data='synthetic' each "
+                         "image is its own photo, so photo would repeat protocol=study")
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"methods {unknown or '(none)'}: choose from {', '.join(METHODS)}")
@@ -817,7 +817,7 @@ def define_flags() -> None:
                       "Which data: the FGNET-MASK set or the synthetic one.")
     flags.DEFINE_list("protocol", ["study"],
                       "study: the study's random image split; subject: subject-disjoint; "
-                      "photo: photo-disjoint (--data=synthetic_paired); lopo: leave persons "
+                      "photo: photo-disjoint (synthetic_paired, fgnet_mask); lopo: leave persons "
                       "out (one model per fold of persons). Several, comma-separated and "
                       "study among them (e.g. study,photo,subject): each runs in "
                       "WORKDIR/<protocol> and leak.md/csv/json compare them side by side.")

@@ -788,7 +788,8 @@ def _saliency_section(workdir: str, model, state: TrainState, source, indices,
         model, variables, x, regions=regions,
         batch_size=min(config.batch_size, len(x)), min_side=4)
     return report_lib.saliency_section(workdir, images.mean(0), summary["maps"],
-                                       summary["shares"], method="Grad-CAM")
+                                       summary["shares"], method="Grad-CAM",
+                                       areas=summary["areas"])
 
 
 def _start_note(config, params) -> str:

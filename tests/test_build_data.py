@@ -15,7 +15,7 @@ from fgmask_jax import build_data
 from fgmask_jax.data import labels, splits
 
 SMALL = "synthetic_masked_faces/small"
-SPLIT_NAMES = ("train", "test", "subject_train", "subject_test")
+SPLIT_NAMES = ("train", "test", "subject_train", "subject_test", "photo_train", "photo_test")
 DUMMY_ARCHIVE_DIR = (
     Path(__file__).resolve().parents[1] / "tfds_builder" / "fgnet_mask" / "dummy_data"
 )
@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 
 name, data_dir = sys.argv[1], sys.argv[2]
 out = {}
-for split in ("train", "test", "subject_train", "subject_test"):
+for split in sys.argv[3].split(","):
     source = tfds.data_source(name, split=split, data_dir=data_dir)
     features = source.dataset_info.features  # np_dtype below: .dtype would import TensorFlow
     rows = []
@@ -39,7 +39,7 @@ for split in ("train", "test", "subject_train", "subject_test"):
             "dtype": str(ex["image"].dtype),
             "filename": ex["filename"].decode(),
             **{k: int(ex[k]) for k in ("age", "age_group", "gender", "expression",
-                                       "subject_id")},
+                                       "subject_id", "photo_id")},
         })
     out[split] = {
         "rows": rows,
@@ -57,7 +57,7 @@ print(json.dumps(out))
 def read_without_project(name: str, data_dir: Path, cwd: Path) -> dict:
     """Every split of ``name`` as read by a process that knows only TFDS."""
     result = subprocess.run(
-        [sys.executable, "-c", READER, name, str(data_dir)],
+        [sys.executable, "-c", READER, name, str(data_dir), ",".join(SPLIT_NAMES)],
         cwd=cwd, capture_output=True, text=True, timeout=300, check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -66,7 +66,8 @@ def read_without_project(name: str, data_dir: Path, cwd: Path) -> dict:
 
 def check_contract(read: dict, extra_keys: set[str]) -> list[dict]:
     """Asserts the features and both protocols' coverage; returns every row of the pair."""
-    contract = {"image", "age", "age_group", "gender", "expression", "subject_id", "filename"}
+    contract = {"image", "age", "age_group", "gender", "expression", "subject_id", "photo_id",
+                "filename"}
     for split in SPLIT_NAMES:
         part = read[split]
         assert part["names"] == {k: list(v) for k, v in labels.TASKS.items()}
@@ -83,10 +84,13 @@ def check_contract(read: dict, extra_keys: set[str]) -> list[dict]:
     everything = sorted(names("train") + names("test"))
     assert len(set(everything)) == len(everything)
     assert sorted(names("subject_train") + names("subject_test")) == everything
+    assert sorted(names("photo_train") + names("photo_test")) == everything
     train, test = splits.study_split(len(everything), seed=42)
     assert names("test") == [everything[i] for i in test]
     subjects = {s: {r["subject_id"] for r in read[s]["rows"]} for s in SPLIT_NAMES}
     assert not subjects["subject_train"] & subjects["subject_test"]
+    photos = {s: {r["photo_id"] for r in read[s]["rows"]} for s in SPLIT_NAMES}
+    assert not photos["photo_train"] & photos["photo_test"]
     return read["train"]["rows"] + read["test"]["rows"]
 
 
@@ -101,7 +105,8 @@ def test_synthetic_build_idempotent_and_readable_without_project(tmp_path, capsy
     assert "Building synthetic_masked_faces/small/1.2.0" in out
     assert builder.is_prepared()
     counts = {s: builder.info.splits[s].num_examples for s in SPLIT_NAMES}
-    assert counts == {"train": 45, "test": 15, "subject_train": 42, "subject_test": 18}
+    assert counts == {"train": 45, "test": 15, "subject_train": 42, "subject_test": 18,
+                      "photo_train": 45, "photo_test": 15}
     assert builder.info.file_format.value == "array_record"
 
     before = file_times(data_dir)
@@ -112,7 +117,7 @@ def test_synthetic_build_idempotent_and_readable_without_project(tmp_path, capsy
     assert file_times(data_dir) == before  # nothing rewritten
 
     read = read_without_project(SMALL, data_dir, cwd=tmp_path)
-    rows = check_contract(read, extra_keys={"mask_kind", "photo_id", "landmarks"})
+    rows = check_contract(read, extra_keys={"mask_kind", "landmarks"})
     assert len(rows) == 60
     assert all(r["shape"][:2] == [32, 32] for r in rows)
 
@@ -122,7 +127,8 @@ def test_fgnet_mask_dummy_archive_readable_without_project(tmp_path):
     builder = build_data.build("fgnet_mask", str(data_dir), manual_dir=str(DUMMY_ARCHIVE_DIR))
     # The sizes the TFDS harness test expects from this archive.
     counts = {s: builder.info.splits[s].num_examples for s in SPLIT_NAMES}
-    assert counts == {"train": 9, "test": 3, "subject_train": 8, "subject_test": 4}
+    assert counts == {"train": 9, "test": 3, "subject_train": 8, "subject_test": 4,
+                      "photo_train": 8, "photo_test": 4}
     read = read_without_project("fgnet_mask", data_dir, cwd=tmp_path)
     assert len(check_contract(read, extra_keys=set())) == 12
 

@@ -126,8 +126,8 @@ def test_ctrl_c_and_sigterm_stop_with_one_line_and_the_rerun_ends_bitwise_equal(
      "flag --config.batch_size=many"),
     (["--config=configs/multitask.py", "--config.model=resnet999"],
      "config.model='resnet999' is not one of: resnet18"),
-    (["--config=configs/multitask.py:protocol=photo", "--workdir=x"],
-     "config.protocol='photo': fgnet_mask has no photo splits yet"),
+    (["--config=configs/multitask.py:protocol=photos", "--workdir=x"],
+     "config variant protocol='photos' is not one of: study, subject, photo, lopo"),
     (["--workdir=x"], "--config is required"),
     (["--config=configs/multitask.py"], "--workdir is required"),
 ])

@@ -153,6 +153,17 @@ def test_build_labels_splits_and_images(tmp_path, manual_dir):
     subjects = {s: {e["subject_id"] for e in by_split[s]} for s in by_split}
     assert not subjects["subject_train"] & subjects["subject_test"]
     assert len(subjects["subject_test"]) == 2  # ceil(25% of 5 persons)
+    # Copies of one photo (names that differ only in " (k)") share a photo id, and the
+    # photo split keeps them together: 12 images of 10 photos, 3 photos in test.
+    photo_of = {e["filename"]: e["photo_id"] for e in by_split["train"] + by_split["test"]}
+    assert photo_of["001A02_01_01.jpg"] == photo_of["001A02_01_01 (2).jpg"]
+    assert photo_of["002A33_02_01.png"] == photo_of["002A33_02_01 (1).jpg"]
+    assert sorted(set(photo_of.values())) == list(range(1, 11))
+    photos = {s: {e["photo_id"] for e in by_split[s]} for s in ("photo_train", "photo_test")}
+    assert not photos["photo_train"] & photos["photo_test"] and len(photos["photo_test"]) == 3
+    assert sorted(e["filename"] for s in photos for e in by_split[s]) == names
+    for split in by_split:
+        assert all(e["photo_id"] == photo_of[e["filename"]] for e in by_split[split]), split
 
 
 def test_rgb_jpeg_kept_other_images_reencoded(tmp_path):

@@ -19,6 +19,12 @@ def test_parse_filename(name, expected):
     assert (got.subject_id, got.age, got.gender, got.expression) == expected
 
 
+def test_copies_of_one_photo_share_its_name():
+    photos = [labels.parse_filename(n).photo for n in (
+        "001A43a_01_02.jpg", "001A43a_01_02 (1).jpg", "001a43A_01_02(3).JPG", "001A43b_01_02.jpg")]
+    assert photos == ["001A43A_01_02"] * 3 + ["001A43B_01_02"]
+
+
 @pytest.mark.parametrize("name", ["notes.txt", "001A02.jpg", "A02_01_01.jpg", "001A02_01.jpg"])
 def test_parse_filename_rejects(name):
     with pytest.raises(ValueError, match="FGNET-MASK naming|not an image"):

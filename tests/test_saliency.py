@@ -150,9 +150,11 @@ def test_saliency_section_writes_the_plot_and_shares(tmp_path):
     md = report.saliency_section(
         str(tmp_path), np.full((H, W, 3), 0.5), {"gender": saliency.mean_map(maps)},
         shares={"gender": {"top half": saliency.region_share(maps, top),
-                           "bottom half": saliency.region_share(maps, ~top)}})
+                           "bottom half": saliency.region_share(maps, ~top)}},
+        areas={"top half": 0.5, "bottom half": 0.5})
     assert (tmp_path / "saliency_test.png").read_bytes()[:4] == b"\x89PNG"
     assert "| gender | 2 | 100.0% / 100.0% | 0.0% / 0.0% |" in md
+    assert "| (share of the pixels) | | 50.0% | 50.0% |" in md
 
 
 def test_summarize_attributions_in_padded_batches():
@@ -163,6 +165,7 @@ def test_summarize_attributions_in_padded_batches():
         functools.partial(model.apply), variables, images, batch_size=3, steps=8,
         regions={"top": top, "bottom": ~top})
     assert out["n"] == 5 and out["mean_image"].shape == (H, W, 3)
+    assert out["areas"] == {"top": 0.5, "bottom": 0.5}
     for task in ("gender", "age_group"):
         assert out["maps"][task].shape == (H, W)
         assert out["maps"][task][H // 2:].max() < 0.05 * out["maps"][task].max()

@@ -3,8 +3,9 @@
 File names look like ``001A02_01_01 (2).jpg``: person ``001``, age ``02`` years,
 gender ``01`` (male, anything else female), expression ``01`` (happy), ``02``
 (neutral), anything else (unhappy). `` (k)`` marks another copy (another mask) of
-one photo. Ages are binned as the authors' code does: ``<=10``, ``11-20``,
-``21-40``, ``>40`` (age 10 falls in the first group).
+one photo: the name without it (``001A02_01_01``) names the photo. Ages are binned as
+the authors' code does: ``<=10``, ``11-20``, ``21-40``, ``>40`` (age 10 falls in the
+first group).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ FGNET_MASK_COUNTS: dict[str, tuple[int, ...]] = {
 }
 
 _NAME = re.compile(
-    r"^(?P<subject>\d+)[Aa](?P<age>\d+)[a-zA-Z]?_(?P<gender>\d+)_(?P<expression>\d+)"
+    r"^(?P<photo>(?P<subject>\d+)[Aa](?P<age>\d+)[a-zA-Z]?_(?P<gender>\d+)_(?P<expression>\d+))"
     r"(?:\s*\((?P<copy>\d+)\))?$"
 )
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -45,6 +46,7 @@ class Labels:
     age: int
     gender: int  # index into GENDERS
     expression: int  # index into EXPRESSIONS
+    photo: str = ""  # the name without copy number and extension: shared by a photo's copies
 
     @property
     def age_group(self) -> int:
@@ -88,4 +90,5 @@ def parse_filename(name: str) -> Labels:
         age=int(match["age"]),
         gender=gender,
         expression=expression,
+        photo=match["photo"].upper(),
     )

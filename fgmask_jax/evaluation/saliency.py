@@ -325,7 +325,8 @@ def summarize_attributions(apply_fn: ApplyFn, variables, images: np.ndarray, *,
 
     Returns:
       {"mean_image": float64[H, W, C], "maps": {task: float64[H, W] (`mean_map`)},
-      "shares": {task: {region: float64[N]}}, "n": N}.
+      "shares": {task: {region: float64[N]}}, "areas": {region: mean share of the pixels
+      (the share of a map spread evenly)}, "n": N}.
     """
     def explain(batch):
         baselines = None if blur_sigma is None else blurred(batch, blur_sigma)
@@ -369,14 +370,14 @@ def summarize(explain: Callable[[np.ndarray], Mapping[str, jax.Array]], images: 
         for task, m in explain(batch).items():
             per_task.setdefault(task, []).append(np.asarray(m)[:real])
     maps = {t: np.concatenate(ms) for t, ms in per_task.items()}
-    regions = dict(regions or {})
+    regions = {name: np.asarray(r, bool) for name, r in (regions or {}).items()}
     shares = {}
     for t, m in maps.items():
         shares[t] = {}
         for name, r in regions.items():
-            r = np.asarray(r, bool)
             if r.ndim == 3 and len(r) != n:
                 raise ValueError(f"region {name!r} has {len(r)} masks for {n} images")
             shares[t][name] = region_share(m, r)
     return {"mean_image": images.mean(0, dtype=np.float64), "n": n,
-            "maps": {t: mean_map(m) for t, m in maps.items()}, "shares": shares}
+            "maps": {t: mean_map(m) for t, m in maps.items()}, "shares": shares,
+            "areas": {name: float(r.mean()) for name, r in regions.items()}}

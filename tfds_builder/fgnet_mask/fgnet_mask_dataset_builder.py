@@ -32,7 +32,7 @@ ARCHIVE_NAME = "FGNET-MASK_dataset.zip"
 REPOSITORY = "https://github.com/VatsaPatel9/Masked-Face-Analysis-via-Multi-Task-Deep-Learning"
 JPEG_QUALITY = 95  # for images that must be re-encoded (grayscale, PNG, CMYK, rotated)
 MAX_LISTED = 20  # problems shown in one error; the rest are counted
-SPLITS = ("train", "test", "subject_train", "subject_test")
+SPLITS = ("train", "test", "subject_train", "subject_test", "photo_train", "photo_test")
 
 # Files that operating systems and archivers add beside the data.
 _JUNK_DIRS = frozenset({"__macosx"})
@@ -70,24 +70,36 @@ def features(**extra: tfds.features.FeatureConnector) -> tfds.features.FeaturesD
             "gender": tfds.features.ClassLabel(names=labels_lib.GENDERS),
             "expression": tfds.features.ClassLabel(names=labels_lib.EXPRESSIONS),
             "subject_id": tfds.features.Scalar(np.int32, doc="The person (FG-NET number)."),
+            "photo_id": tfds.features.Scalar(
+                np.int32, doc="The source photo, 1-based: the masked copies of one photo "
+                "(file names that differ only in ' (k)') share it."),
             "filename": tfds.features.Text(doc="The image's file name, labels included."),
             **extra,
         }
     )
 
 
-def split_indices(filenames: Sequence[str], subject_ids: Sequence[int]) -> dict[str, np.ndarray]:
-    """Indices into examples sorted by file name, for each of the four splits.
+def split_indices(filenames: Sequence[str], subject_ids: Sequence[int],
+                  photo_ids: Sequence[int]) -> dict[str, np.ndarray]:
+    """Indices into examples sorted by file name, for each of `SPLITS`.
 
-    ``train``/``test``: the study's random 75/25 image split; ``subject_train``/
-    ``subject_test``: 75/25 of persons. Both with the study's seed (42).
+    ``train``/``test``: the study's random 75/25 image split (copies of one photo fall
+    on both sides); ``subject_train``/``subject_test``: 75/25 of persons;
+    ``photo_train``/``photo_test``: 75/25 of photos. All with the study's seed (42).
     """
     if list(filenames) != sorted(filenames):
         raise ValueError("split_indices needs the examples sorted by file name")
-    train, test = splits_lib.study_split(len(filenames), seed=splits_lib.SEED)
-    subject_train, subject_test = splits_lib.subject_split(subject_ids, seed=splits_lib.SEED)
-    return {"train": train, "test": test,
-            "subject_train": subject_train, "subject_test": subject_test}
+    seed = splits_lib.SEED
+    pairs = (splits_lib.study_split(len(filenames), seed=seed),
+             splits_lib.subject_split(subject_ids, seed=seed),
+             splits_lib.photo_split(photo_ids, seed=seed))
+    return dict(zip(SPLITS, (idx for pair in pairs for idx in pair), strict=True))
+
+
+def photo_ids(members: Sequence[Member]) -> list[int]:
+    """Each member's photo, 1-based in the order of the photos' names."""
+    number = {p: i + 1 for i, p in enumerate(sorted({m.labels.photo for m in members}))}
+    return [number[m.labels.photo] for m in members]
 
 
 def rgb_jpeg(data: bytes) -> bytes:
@@ -263,10 +275,12 @@ def scan(source: _ZipReader | _FolderReader) -> list[Member]:
 class Builder(tfds.core.GeneratorBasedBuilder):
     """FGNET-MASK: masked FG-NET faces labelled with age group, gender and expression."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release: the 3,404 images of FGNET-MASK_dataset.zip, labels from "
         "file names, the study's image split and a subject-disjoint split.",
+        "1.1.0": "photo_id feature (masked copies of one photo share it) and the "
+        "photo-disjoint splits photo_train/photo_test.",
     }
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     # TFDS infers this folder (README.md, CITATIONS.bib, TAGS.txt) from the module name,
@@ -294,20 +308,22 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             members = scan(source)
         finally:
             source.close()
+        photos = photo_ids(members)
         indices = split_indices(
-            [m.filename for m in members], [m.labels.subject_id for m in members]
+            [m.filename for m in members], [m.labels.subject_id for m in members], photos
         )
         return {
-            split: self._generate_examples(manual_dir, [members[i] for i in indices[split]])
+            split: self._generate_examples(
+                manual_dir, [(members[i], photos[i]) for i in indices[split]])
             for split in SPLITS
         }
 
     def _generate_examples(
-        self, manual_dir: epath.Path, members: list[Member]
+        self, manual_dir: epath.Path, members: list[tuple[Member, int]]
     ) -> Iterator[tuple[str, dict]]:
         source = open_source(manual_dir)
         try:
-            for m in members:
+            for m, photo_id in members:
                 yield m.filename, {
                     "image": rgb_jpeg(source.read(m.location)),
                     "age": m.labels.age,
@@ -315,6 +331,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     "gender": m.labels.gender,
                     "expression": m.labels.expression,
                     "subject_id": m.labels.subject_id,
+                    "photo_id": photo_id,
                     "filename": m.filename,
                 }
         finally:

@@ -17,9 +17,10 @@ class FgnetMaskTest(tfds.testing.DatasetBuilderTestCase):
     # TFDS looks for dummy_data/ beside the module path it infers from the module's
     # name, which is not where the files lie when the package maps tfds_builder/.
     EXAMPLE_DIR = str(epath.Path(fgnet_mask_dataset_builder.__file__).parent / "dummy_data")
-    SPLITS = {"train": 9, "test": 3, "subject_train": 8, "subject_test": 4}
-    # Each image is in one split of each protocol, so the two pairs share examples.
-    OVERLAPPING_SPLITS = ["subject_train", "subject_test"]
+    SPLITS = {"train": 9, "test": 3, "subject_train": 8, "subject_test": 4,
+              "photo_train": 8, "photo_test": 4}
+    # Each image is in one split of each protocol, so the three pairs share examples.
+    OVERLAPPING_SPLITS = ["subject_train", "subject_test", "photo_train", "photo_test"]
 
 
 if __name__ == "__main__":

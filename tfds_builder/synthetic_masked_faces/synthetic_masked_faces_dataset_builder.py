@@ -9,13 +9,13 @@ Drawn by ``fgmask_jax.data.synthetic.generate``; needs no download. Configs:
   persons, plus the 1,001 unmasked photos (``mask_kind`` ``none``); ``paired_small``
   (68 masked copies of 20 photos and their 20 twins, 6 persons, 32 px) is for tests.
 
-The features are those of ``fgnet_mask``, plus ``photo_id`` (the source photo: all
-masked copies of a photo and its twin share it), ``mask_kind`` and ``landmarks`` (the
-face's 68 points, from which ``fgmask_jax.masks.mask_region`` gives the mask's pixels).
-The splits are those of ``fgnet_mask`` (``train``/``test``: the study's random image
-split, which lets copies of one photo fall on both sides; ``subject_train``/
-``subject_test``), plus ``photo_train``/``photo_test`` (75/25 of photos: no photo on
-both sides), all of masked images only. Configs with twins add ``unmasked_<split>`` for each of those six:
+The features are those of ``fgnet_mask`` (``photo_id``: the masked copies of a photo
+and its twin share it), plus ``mask_kind`` and ``landmarks`` (the face's 68 points,
+from which ``fgmask_jax.masks.mask_region`` gives the mask's pixels). The splits are
+those of ``fgnet_mask`` (``train``/``test``: the study's random image split, which lets
+copies of one photo fall on both sides; ``subject_train``/``subject_test``;
+``photo_train``/``photo_test``: 75/25 of photos, no photo on both sides), all of masked
+images only. Configs with twins add ``unmasked_<split>`` for each of those six:
 the twins of the photos in ``<split>``.
 """
 
@@ -32,14 +32,13 @@ from etils import epath
 from PIL import Image
 from tqdm import tqdm
 
-from fgmask_jax.data import splits as splits_lib
 from fgmask_jax.data import synthetic
 from fgmask_jax.tfds_builder.fgnet_mask import fgnet_mask_dataset_builder as fgnet_mask
 
 HOMEPAGE = "https://doi.org/10.3390/jimaging7100204"  # the study whose data set this mimics
 # Below this many images a worker pool costs more to start than it saves.
 _MIN_EXAMPLES_FOR_WORKERS = 500
-MASKED_SPLITS = (*fgnet_mask.SPLITS, "photo_train", "photo_test")
+MASKED_SPLITS = fgnet_mask.SPLITS
 UNMASKED_PREFIX = "unmasked_"  # unmasked_<split>: the twins of the photos in <split>
 
 
@@ -65,21 +64,6 @@ def encode_example(example: dict) -> dict:
         **{k: example[k] for k in ("age", "age_group", "gender", "expression", "subject_id",
                                     "photo_id", "filename", "mask_kind", "landmarks")},
     }
-
-
-def split_indices(
-    filenames: Sequence[str], subject_ids: Sequence[int], photo_ids: Sequence[int]
-) -> dict[str, np.ndarray]:
-    """Indices into masked examples sorted by file name, for each of ``MASKED_SPLITS``.
-
-    ``fgnet_mask``'s four splits, plus ``photo_train``/``photo_test``: 75/25 of photos
-    (the study's seed, 42); with one image per photo the same as ``train``/``test``.
-    """
-    indices = fgnet_mask.split_indices(filenames, subject_ids)
-    indices["photo_train"], indices["photo_test"] = splits_lib.photo_split(
-        photo_ids, seed=splits_lib.SEED
-    )
-    return indices
 
 
 def twin_split_indices(
@@ -142,9 +126,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             features=fgnet_mask.features(
-                photo_id=tfds.features.Scalar(
-                    np.int32, doc="The source photo: its masked copies and unmasked twin "
-                    "share it."),
                 mask_kind=tfds.features.Text(
                     doc="The kind of mask drawn on the face; 'none' for an unmasked twin."),
                 landmarks=tfds.features.Tensor(
@@ -179,7 +160,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         masked = [r for r in records if r["mask_kind"] != synthetic.UNMASKED]
         twins = [r for r in records if r["mask_kind"] == synthetic.UNMASKED]
         photo_ids = [r["photo_id"] for r in masked]
-        indices = split_indices(
+        indices = fgnet_mask.split_indices(
             [r["filename"] for r in masked], [r["subject_id"] for r in masked], photo_ids
         )
         generators = {
