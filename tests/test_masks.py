@@ -330,6 +330,20 @@ def write_photo_folder(root):
     return images, pts
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--images=nope", "--pts=nope"], "nope: no such folder"),
+    (["--images=.", "--pts=.", "--kinds=paper"], "kinds ['paper']: each must be one of"),
+    (["--images=nope"], "flag --pts=None"),
+])
+def test_apply_command_mistakes_are_one_line_and_exit_2(tmp_path, args, message):
+    result = subprocess.run([sys.executable, "-m", "fgmask_jax.masks.apply", *args, "--out=o"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert result.stderr.startswith("fgmask_jax.masks.apply: ")
+    assert not (tmp_path / "o").exists()
+
+
 def test_apply_command_end_to_end(tmp_path):
     images, pts = write_photo_folder(tmp_path)
     out = tmp_path / "masked"

@@ -115,6 +115,9 @@ def test_paired_small_copies_and_twins_agree(paired):
             "unmasked_photo_test"]:
         by_photo.setdefault(r["photo_id"], []).append(r)
     assert len(by_photo) == 20
+    # The names say it too, as fgnet_mask reads them: copies differ only in " (k)".
+    assert len({(p, labels.parse_filename(r["filename"]).photo)
+                for p, rows in by_photo.items() for r in rows}) == 20
     for photo_id, rows in by_photo.items():
         kinds = [r["mask_kind"] for r in rows]
         assert kinds.count(synthetic.UNMASKED) == 1 and len(rows) in (4, 5), photo_id

@@ -23,7 +23,9 @@ file, landmarks that cannot place a mask) are listed with the reason on stderr a
 
 Exit status 1 when photos gave no JPEG, unless ``--skip_missing``. Photos without a ``.pts``
 file stop the command before it writes anything; with ``--pts=detect`` a photo without a
-face is only known by looking at it, so all the others are masked first.
+face is only known by looking at it, so all the others are masked first. A mistake in the
+input (a missing folder, an unknown kind, a malformed ``.pts`` file) is one line and exit
+status 2.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image, ImageOps
 
+from fgmask_jax import cli
 from fgmask_jax.masks import landmarks as landmarks_lib
 from fgmask_jax.masks.pts import read_pts
 from fgmask_jax.masks.render import MASK_KINDS, LandmarkError, mask_color, render_mask
@@ -438,9 +441,12 @@ def write_skipped(skipped: Sequence[SkippedPhoto], path: str) -> None:
         writer.writerows(dataclasses.astuple(s) for s in skipped)
 
 
+PROG = "fgmask_jax.masks.apply"
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        cli.fail(PROG, f"unexpected arguments: {' '.join(argv[1:])}", 2)
     detect = _PTS.value == DETECT
     try:
         rows = mask_folder(
@@ -452,11 +458,13 @@ def main(argv: Sequence[str]) -> None:
             seed=_SEED.value,
             skip_missing=_SKIP_MISSING.value,
         )
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        raise SystemExit(f"error: {error}") from None
+    except (PhotosSkippedError, ImportError) as error:  # the photos left, or the extra
+        cli.fail(PROG, str(error), 1)
+    except (ValueError, OSError) as error:  # a mistake in the input: nothing masked
+        cli.fail(PROG, str(error), 2)
     logging.info("Wrote %d masked photos and %s to %s.", len(rows), MANIFEST_NAME, _OUT.value)
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["images", "pts", "out"])
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, PROG))
