@@ -460,7 +460,7 @@ def main(argv: Sequence[str]) -> None:
         )
     except (PhotosSkippedError, ImportError) as error:  # the photos left, or the extra
         cli.fail(PROG, str(error), 1)
-    except (ValueError, OSError) as error:  # a mistake in the input: nothing masked
+    except (ValueError, OSError) as error:  # a mistake in the input, named in the message
         cli.fail(PROG, str(error), 2)
     logging.info("Wrote %d masked photos and %s to %s.", len(rows), MANIFEST_NAME, _OUT.value)
 
