@@ -176,6 +176,9 @@ def uses_native_conv(fn, *args):
         (8, (3, 3), (2, 2), ((1, 1), (1, 1)), True),  # 4x4 output: still small
         (5, (3, 3), (2, 2), "VALID", True),
         (16, (3, 3), (1, 1), ((1, 1), (1, 1)), False),  # large: the native conv
+        (17, (3, 3), (2, 2), "SAME", False),  # native, padded unevenly; kernel grad by taps
+        (14, (3, 3), (2, 2), "VALID", False),
+        (20, (7, 7), (2, 2), ((3, 3), (3, 3)), False),  # ResNet's stem
         (16, (1, 1), (1, 1), "SAME", True),  # 1x1: a matrix product at any size
         (15, (1, 1), (2, 2), "SAME", True),  # ResNet's strided 1x1 downsample
     ],
