@@ -12,8 +12,8 @@ model=vgg16 (trained from scratch; its report is titled "vgg16 on ..."):
 
   python -m fgmask_jax.main --config=configs/vgg_face.py:data=synthetic,runlocal --workdir=DIR
 
-(runlocal shrinks VGG-16 further than the other models: 32 px for 2 epochs, about 6 minutes
-on 2 CPU cores; at 64 px for 8 epochs it would take over an hour.)
+(runlocal shrinks VGG-16 further than the other models: 32 px for 2 epochs, about 4.5 minutes
+on 2 CPU cores; at 64 px for 8 epochs it would take about half an hour.)
 
 Variants after a colon (comma-separated): weights=PATH, data=fgnet_mask|synthetic,
 protocol=study|subject|photo|lopo, size=224 (the VGG-Face input), runlocal.
