@@ -90,13 +90,13 @@ def conv_as_matmul(
 
 
 def _taps(x: jax.Array, kernel_size: tuple[int, int], strides: Sequence[int],
-          padding: Padding) -> list[jax.Array]:
-    """The kh * kw strided views float[B, out_h, out_w, C] of the zero-padded input that
-    meet kernel tap (i, j), in row-major tap order."""
+          padding: Padding, fill: float = 0.0) -> list[jax.Array]:
+    """The kh * kw strided views float[B, out_h, out_w, C] of the input, padded with
+    ``fill``, that meet kernel (or pooling window) tap (i, j), in row-major tap order."""
     (kh, kw), (sh, sw) = kernel_size, strides
     pads = _explicit_padding(x.shape[1:3], kernel_size, strides, padding)
     out_h, out_w = conv_output_size(x.shape[1:3], kernel_size, strides, pads)
-    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=fill)
     return [x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
             for i in range(kh) for j in range(kw)]
 
@@ -209,20 +209,6 @@ class Conv(nn.Module):
         return y
 
 
-def _pool_taps(
-    x: jax.Array, window: tuple[int, int], strides: tuple[int, int], padding: Padding
-) -> list[jax.Array]:
-    """The kh * kw strided views of the -inf-padded input, in row-major window order."""
-    pads = _explicit_padding(x.shape[1:3], window, strides, padding)
-    out_h, out_w = conv_output_size(x.shape[1:3], window, strides, pads)
-    x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
-    sh, sw = strides
-    return [
-        x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
-        for i in range(window[0])
-        for j in range(window[1])
-    ]
-
 
 def max_pool(
     x: jax.Array,
@@ -254,7 +240,7 @@ def _max_pool(x, window, strides, padding):
 
 
 def _max_pool_fwd(x, window, strides, padding):
-    taps = _pool_taps(x, window, strides, padding)
+    taps = _taps(x, window, strides, padding, fill=-jnp.inf)
     out = taps[0]
     for tap in taps[1:]:
         out = jnp.maximum(out, tap)
@@ -263,7 +249,7 @@ def _max_pool_fwd(x, window, strides, padding):
 
 def _max_pool_bwd(window, strides, padding, residuals, grad):
     x, out = residuals
-    taps, taps_vjp = jax.vjp(lambda x: _pool_taps(x, window, strides, padding), x)
+    taps, taps_vjp = jax.vjp(lambda x: _taps(x, window, strides, padding, fill=-jnp.inf), x)
     taken = jnp.zeros(out.shape, bool)
     tap_grads = []
     for tap in taps:
