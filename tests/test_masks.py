@@ -14,6 +14,7 @@ from fgmask_jax.masks import (
     MASK_COLORS,
     MASK_KINDS,
     LandmarkError,
+    format_pts,
     mask_color,
     read_pts,
     render_mask,
@@ -262,16 +263,12 @@ def test_landmark_error_is_a_value_error_and_bad_arguments_raise():
         render_mask(uniform(128)[..., 0], lm)
 
 
-def pts_text(landmarks: np.ndarray, newline: str = "\n") -> str:
-    lines = ["version: 1", f"n_points:  {len(landmarks)}", "{"]
-    lines += [f"{x:.3f} {y:.3f}" for x, y in landmarks]
-    return newline.join([*lines, "}", ""])
 
 
 def test_read_pts_reads_fgnet_files(tmp_path):
     lm = frontal_landmarks()
     path = tmp_path / "001a02.pts"
-    path.write_bytes(pts_text(lm, newline="\r\n").encode())  # FG-NET files have CRLF lines
+    path.write_bytes(format_pts(lm, newline="\r\n").encode())  # FG-NET files have CRLF lines
     points = read_pts(path)
     assert points.dtype == np.float32 and points.shape == (68, 2)
     np.testing.assert_allclose(points, lm, atol=1e-3)
@@ -281,22 +278,22 @@ def test_read_pts_reads_fgnet_files(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        (pts_text(frontal_landmarks()[:67]), "holds 67 points; masks need the 68"),
+        (format_pts(frontal_landmarks()[:67]), "holds 67 points; masks need the 68"),
         (
-            pts_text(frontal_landmarks()).replace("n_points:  68", "n_points:  69"),
+            format_pts(frontal_landmarks()).replace("n_points:  68", "n_points:  69"),
             "declares n_points: 69 but holds 68 points",
         ),
-        (pts_text(frontal_landmarks()).replace("}", ""), r"points between a line '\{'"),
-        (pts_text(frontal_landmarks()).replace("n_points:  68\n", ""), "no 'n_points:' line"),
+        (format_pts(frontal_landmarks()).replace("}", ""), r"points between a line '\{'"),
+        (format_pts(frontal_landmarks()).replace("n_points:  68\n", ""), "no 'n_points:' line"),
         (
-            pts_text(frontal_landmarks()).replace("n_points:  68", "n_points: many"),
+            format_pts(frontal_landmarks()).replace("n_points:  68", "n_points: many"),
             "n_points must be an integer",
         ),
         (
-            pts_text(frontal_landmarks()).replace("\n{\n", "\n{\n1.0 2.0 3.0\n"),
+            format_pts(frontal_landmarks()).replace("\n{\n", "\n{\n1.0 2.0 3.0\n"),
             r":4: expected two numbers 'x y', got '1.0 2.0 3.0'",
         ),
-        (pts_text(frontal_landmarks()).replace("\n{\n", "\n{\nx y\n"), r":4: expected two"),
+        (format_pts(frontal_landmarks()).replace("\n{\n", "\n{\nx y\n"), r":4: expected two"),
     ],
     ids=[
         "67_points",
@@ -325,8 +322,8 @@ def write_photo_folder(root):
     color = rng.integers(60, 200, (SIZE, SIZE, 3), dtype=np.uint8)
     Image.fromarray(color).save(images / "001A02.JPG")
     Image.fromarray(color[..., 0]).save(images / "002A15a.JPG")  # grayscale: mode "L"
-    (pts / "001a02.pts").write_text(pts_text(lm))
-    (pts / "002a15a.pts").write_text(pts_text(lm))
+    (pts / "001a02.pts").write_text(format_pts(lm))
+    (pts / "002a15a.pts").write_text(format_pts(lm))
     return images, pts
 
 
@@ -424,6 +421,6 @@ def test_apply_refuses_to_write_into_the_images_folder(tmp_path):
 
 def test_apply_names_the_pts_file_with_bad_landmarks(tmp_path):
     images, pts = write_photo_folder(tmp_path)
-    (pts / "001a02.pts").write_text(pts_text(frontal_landmarks() + 1000.0))
+    (pts / "001a02.pts").write_text(format_pts(frontal_landmarks() + 1000.0))
     with pytest.raises(LandmarkError, match=r"001a02\.pts: .* outside .*fix or remove"):
         apply_lib.mask_folder(str(images), str(pts), str(tmp_path / "out"))

@@ -264,7 +264,7 @@ def test_second_photos_at_one_age_get_fgnet_letters():
     stems = synthetic.photo_stems(np.array([1, 1, 1, 2]), np.array([5, 5, 7, 5]),
                                   np.array([0, 0, 0, 1]), np.array([0, 1, 2, 0]))
     assert stems == ["001A05a_01_01", "001A05b_01_02", "001A07_01_03", "002A05_02_01"]
-    assert labels.parse_filename(synthetic.twin_filename(stems[1])).age == 5
+    assert labels.parse_filename(labels.twin_filename(stems[1])).age == 5
 
 
 def test_copies_share_person_photo_and_labels_and_differ_in_mask(photos):

@@ -32,7 +32,8 @@ FGNET_MASK_COUNTS: dict[str, tuple[int, ...]] = {
 }
 
 _NAME = re.compile(
-    r"^(?P<photo>(?P<subject>\d+)[Aa](?P<age>\d+)[a-zA-Z]?_(?P<gender>\d+)_(?P<expression>\d+))"
+    r"^(?P<photo>(?P<subject>\d+)[Aa](?P<age>\d+)(?P<letter>[a-zA-Z]?)"
+    r"_(?P<gender>\d+)_(?P<expression>\d+))"
     r"(?:\s*\((?P<copy>\d+)\))?$"
 )
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -47,6 +48,7 @@ class Labels:
     gender: int  # index into GENDERS
     expression: int  # index into EXPRESSIONS
     photo: str = ""  # the name without copy number and extension: shared by a photo's copies
+    letter: str = ""  # FG-NET's letter of a person's second photo at one age (001A43b), lower
 
     @property
     def age_group(self) -> int:
@@ -91,4 +93,22 @@ def parse_filename(name: str) -> Labels:
         gender=gender,
         expression=expression,
         photo=match["photo"].upper(),
+        letter=match["letter"].lower(),
     )
+
+
+def photo_stem(subject_id: int, age: int, gender: int, expression: int, letter: str = "") -> str:
+    """The FGNET-MASK name of a photo, ``NNNAxx[l]_GG_EE`` (gender and expression are
+    indices into `GENDERS` and `EXPRESSIONS`)."""
+    return f"{subject_id:03d}A{age:02d}{letter}_{gender + 1:02d}_{expression + 1:02d}"
+
+
+def copy_filename(stem: str, copy: int) -> str:
+    """Masked copy ``copy`` (0, 1, ...) of a photo: ``stem.jpg``, ``stem (1).jpg``, ..."""
+    return f"{stem}.jpg" if copy == 0 else f"{stem} ({copy}).jpg"
+
+
+def twin_filename(stem: str) -> str:
+    """The unmasked twin of a photo: ``stem (0).jpg``, a copy number masked copies never get
+    (`parse_filename` reads it as the photo's labels)."""
+    return f"{stem} (0).jpg"

@@ -178,10 +178,10 @@ def filenames(
     seen: dict[str, int] = {}
     names = []
     for s, a, g, e in zip(subject_id, age, gender, expression, strict=True):
-        stem = f"{int(s):03d}A{int(a):02d}_{int(g) + 1:02d}_{int(e) + 1:02d}"
+        stem = labels.photo_stem(int(s), int(a), int(g), int(e))
         k = seen.get(stem, 0)
         seen[stem] = k + 1
-        names.append(f"{stem}.jpg" if k == 0 else f"{stem} ({k}).jpg")
+        names.append(labels.copy_filename(stem, k))
     return names
 
 
@@ -328,19 +328,8 @@ def photo_stems(
                 "FG-NET letters; use more persons or fewer photos"
             )
         letter = string.ascii_lowercase[k] if at_age[key] > 1 else ""
-        stems.append(f"{key[0]:03d}A{key[1]:02d}{letter}_{int(g) + 1:02d}_{int(e) + 1:02d}")
+        stems.append(labels.photo_stem(key[0], key[1], int(g), int(e), letter))
     return stems
-
-
-def copy_filename(stem: str, copy: int) -> str:
-    """Masked copy ``copy`` (0, 1, ...) of a photo: ``stem.jpg``, ``stem (1).jpg``, ..."""
-    return f"{stem}.jpg" if copy == 0 else f"{stem} ({copy}).jpg"
-
-
-def twin_filename(stem: str) -> str:
-    """The unmasked twin of a photo: ``stem (0).jpg``, a copy number masked copies never get
-    (`labels.parse_filename` reads it as the photo's labels)."""
-    return f"{stem} (0).jpg"
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -1171,8 +1160,8 @@ def photo_specs(
             int(lab["age"][i]),
             int(lab["gender"][i]),
             int(lab["expression"][i]),
-            tuple(copy_filename(stem, k) for k in range(int(lab["copies"][i]))),
-            twin_filename(stem) if twins else None,
+            tuple(labels.copy_filename(stem, k) for k in range(int(lab["copies"][i]))),
+            labels.twin_filename(stem) if twins else None,
         )
         for i, stem in enumerate(stems)
     ]

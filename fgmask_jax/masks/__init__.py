@@ -4,7 +4,7 @@ The command that masks a folder of photos is ``python -m fgmask_jax.masks.apply`
 not imported here, so that importing this package defines no command-line flags.
 """
 
-from fgmask_jax.masks.pts import read_pts
+from fgmask_jax.masks.pts import format_pts, parse_pts, read_pts
 from fgmask_jax.masks.render import (
     CLOTH_PATTERNS,
     MASK_COLORS,
@@ -22,6 +22,8 @@ __all__ = [
     "LandmarkError",
     "mask_color",
     "mask_region",
+    "format_pts",
+    "parse_pts",
     "read_pts",
     "render_mask",
 ]

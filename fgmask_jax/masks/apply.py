@@ -56,54 +56,14 @@ NO_FACE = "no face found"
 # dlib's HOG scores (> 0 is a detection): drawn test faces score 0.5-1.9 (median 1.3), and
 # a patch on the astronaut's suit in scikit-image's photo 0.12, beside her face's 1.16.
 MIN_SCORE_OF_MORE_FACES = 0.5
-_FGNET_STEM = re.compile(r"^(?P<subject>\d+)[Aa](?P<age>\d+)[A-Za-z]?$")
+# FG-NET's photo names (``001A02``, ``001A43a``): person, 'A', age, a letter when the
+# person has several photos at that age. They carry neither gender nor expression.
+_FGNET_STEM = re.compile(r"^(?P<subject>\d+)[Aa](?P<age>\d+)(?P<letter>[A-Za-z]?)$")
 _LISTED_MISSING = 20
 
 # (image path, uint8[H, W, 3] RGB photo) -> float[68, 2] (x, y) landmarks of each face in it,
 # iBUG-68 order; none when the photo shows no face.
 LandmarksFn = Callable[[str, np.ndarray], Sequence[np.ndarray]]
-
-_IMAGES = flags.DEFINE_string(
-    "images", None, "Folder of face photos (.jpg, .jpeg, .png, .bmp), e.g. FG-NET's images/."
-)
-_PTS = flags.DEFINE_string(
-    "pts",
-    None,
-    "Folder of 68-point .pts landmark files, one per photo, matched by file stem "
-    "ignoring case (001A02.JPG <-> 001a02.pts); or 'detect' to find the faces of each "
-    "photo and their landmarks with dlib instead, and mask every face found (needs pip "
-    "install 'fgmask_jax[landmarks]'; a folder named detect is ./detect).",
-)
-_OUT = flags.DEFINE_string(
-    "out",
-    None,
-    "Folder for the masked JPEGs, manifest.csv and, when photos were skipped, skipped.csv "
-    "(created; must not be --images).",
-)
-_KINDS = flags.DEFINE_list(
-    "kinds", list(MASK_KINDS), f"Mask kinds to use, comma-separated, from {','.join(MASK_KINDS)}."
-)
-_COPIES = flags.DEFINE_integer(
-    "copies",
-    1,
-    "Masked versions of each photo; copies of one photo get different kinds "
-    "while copies <= number of kinds.",
-    lower_bound=1,
-)
-_SEED = flags.DEFINE_integer(
-    "seed",
-    0,
-    "Seed of kinds, colours and patterns; the same seed gives the same files.",
-    lower_bound=0,
-)
-_SKIP_MISSING = flags.DEFINE_bool(
-    "skip_missing",
-    False,
-    "Skip photos that have no .pts file instead of stopping with a list (exit status 1, "
-    "nothing written). With --pts=detect the photos with a face are masked either way, and "
-    "this makes photos without one (or unreadable) no error: exit status 0.",
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class ManifestRow:
@@ -236,7 +196,7 @@ def mask_folder(
         with Image.open(image_path) as photo:
             # Not turned by EXIF: .pts coordinates are those of the pixels as stored.
             image = np.asarray(photo.convert("RGB"))  # grayscale and palette photos become RGB
-        masked, bad = _masked_copies(image, [read_pts(pts_path)], image_path, kinds, copies, seed)
+        masked, bad = masked_copies(image, [read_pts(pts_path)], image_path, kinds, copies, seed)
         if bad:
             raise LandmarkError(f"{pts_path}: {bad[0]}; fix or remove this file")
         rows.extend(_save_copies(masked, image_path, out_dir))
@@ -347,7 +307,7 @@ def _mask_photo_with(image_path, landmarks_fn, kinds, copies, seed):
     faces = list(landmarks_fn(image_path, image))
     if not faces:
         return None, NO_FACE
-    masked, bad = _masked_copies(image, faces, image_path, kinds, copies, seed)
+    masked, bad = masked_copies(image, faces, image_path, kinds, copies, seed)
     if len(bad) == len(faces):
         return None, f"landmarks cannot place a mask: {bad[0]}"
     for index, error in bad.items():
@@ -357,7 +317,7 @@ def _mask_photo_with(image_path, landmarks_fn, kinds, copies, seed):
     return masked, ""
 
 
-def _masked_copies(image, faces, image_path, kinds, copies, seed):
+def masked_copies(image, faces, image_path, kinds, copies, seed):
     """The ``copies`` masked versions of one photo, every face masked in each.
 
     Returns:
@@ -396,8 +356,10 @@ def _masked_copies(image, faces, image_path, kinds, copies, seed):
 def _save_copies(masked, image_path, out_dir) -> list[ManifestRow]:
     """Writes one photo's masked copies as JPEGs; returns their manifest rows."""
     stem = os.path.splitext(os.path.basename(image_path))[0]
-    match = _FGNET_STEM.match(stem)
-    subject, age = (str(int(match["subject"])), str(int(match["age"]))) if match else ("", "")
+    try:
+        subject, age = (str(n) for n in parse_fgnet_stem(stem)[:2])
+    except ValueError:  # not an FG-NET name: no person or age to record
+        subject, age = "", ""
     rows = []
     for copy, (kind, color, image) in enumerate(masked):
         output = f"{stem}_{kind}_{copy}.jpg"
@@ -413,6 +375,20 @@ def _save_copies(masked, image_path, out_dir) -> list[ManifestRow]:
             )
         )
     return rows
+
+
+def parse_fgnet_stem(stem: str) -> tuple[int, int, str]:
+    """(person, age, letter) of an FG-NET photo name without extension: ``001A43a`` ->
+    ``(1, 43, "a")``; the letter is ``""`` when there is none, lower case otherwise.
+
+    Raises:
+      ValueError: naming ``stem`` and FG-NET's pattern.
+    """
+    match = _FGNET_STEM.match(stem)
+    if match is None:
+        raise ValueError(f"{stem!r}: not an FG-NET photo name NNNAxx[l] (person, 'A', age, "
+                         "an optional letter), such as 001A02 or 001A43a")
+    return int(match["subject"]), int(match["age"]), match["letter"].lower()
 
 
 def _listed(names: Sequence[str]) -> str:
@@ -444,27 +420,75 @@ def write_skipped(skipped: Sequence[SkippedPhoto], path: str) -> None:
 PROG = "fgmask_jax.masks.apply"
 
 
+def define_flags() -> None:
+    """The command's flags (defined here, not on import: the dataset builders import this
+    module, beside commands with flags of the same names)."""
+    flags.DEFINE_string(
+        "images", None, "Folder of face photos (.jpg, .jpeg, .png, .bmp), e.g. FG-NET's images/."
+    )
+    flags.DEFINE_string(
+        "pts",
+        None,
+        "Folder of 68-point .pts landmark files, one per photo, matched by file stem "
+        "ignoring case (001A02.JPG <-> 001a02.pts); or 'detect' to find the faces of each "
+        "photo and their landmarks with dlib instead, and mask every face found (needs pip "
+        "install 'fgmask_jax[landmarks]'; a folder named detect is ./detect).",
+    )
+    flags.DEFINE_string(
+        "out",
+        None,
+        "Folder for the masked JPEGs, manifest.csv and, when photos were skipped, skipped.csv "
+        "(created; must not be --images).",
+    )
+    flags.DEFINE_list(
+        "kinds",
+        list(MASK_KINDS),
+        f"Mask kinds to use, comma-separated, from {','.join(MASK_KINDS)}.",
+    )
+    flags.DEFINE_integer(
+        "copies",
+        1,
+        "Masked versions of each photo; copies of one photo get different kinds "
+        "while copies <= number of kinds.",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "seed",
+        0,
+        "Seed of kinds, colours and patterns; the same seed gives the same files.",
+        lower_bound=0,
+    )
+    flags.DEFINE_bool(
+        "skip_missing",
+        False,
+        "Skip photos that have no .pts file instead of stopping with a list (exit status 1, "
+        "nothing written). With --pts=detect the photos with a face are masked either way, and "
+        "this makes photos without one (or unreadable) no error: exit status 0.",
+    )
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         cli.fail(PROG, f"unexpected arguments: {' '.join(argv[1:])}", 2)
-    detect = _PTS.value == DETECT
+    f = flags.FLAGS
     try:
         rows = mask_folder(
-            _IMAGES.value,
-            None if detect else _PTS.value,
-            _OUT.value,
-            kinds=_KINDS.value,
-            copies=_COPIES.value,
-            seed=_SEED.value,
-            skip_missing=_SKIP_MISSING.value,
+            f.images,
+            None if f.pts == DETECT else f.pts,
+            f.out,
+            kinds=f.kinds,
+            copies=f.copies,
+            seed=f.seed,
+            skip_missing=f.skip_missing,
         )
     except (PhotosSkippedError, ImportError) as error:  # the photos left, or the extra
         cli.fail(PROG, str(error), 1)
     except (ValueError, OSError) as error:  # a mistake in the input, named in the message
         cli.fail(PROG, str(error), 2)
-    logging.info("Wrote %d masked photos and %s to %s.", len(rows), MANIFEST_NAME, _OUT.value)
+    logging.info("Wrote %d masked photos and %s to %s.", len(rows), MANIFEST_NAME, f.out)
 
 
 if __name__ == "__main__":
+    define_flags()
     flags.mark_flags_as_required(["images", "pts", "out"])
     app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, PROG))

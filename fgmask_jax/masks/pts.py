@@ -19,6 +19,13 @@ import numpy as np
 N_POINTS = 68
 
 
+def format_pts(landmarks: np.ndarray, newline: str = "\n") -> str:
+    """The text of a ``.pts`` file holding ``landmarks`` (float[N, 2], ``(x, y)``)."""
+    lines = ["version: 1", f"n_points:  {len(landmarks)}", "{"]
+    lines += [f"{x:.3f} {y:.3f}" for x, y in landmarks]
+    return newline.join([*lines, "}", ""])
+
+
 def read_pts(path: str | os.PathLike) -> np.ndarray:
     """Landmarks of one ``.pts`` file -> float32[68, 2] as ``(x, y)`` pixel coordinates.
 
@@ -28,9 +35,15 @@ def read_pts(path: str | os.PathLike) -> np.ndarray:
         ``{ ... }`` block, a line that is not two numbers) or holds other than 68 points.
     """
     name = os.fspath(path)
+    with open(name, "rb") as f:
+        return parse_pts(f.read(), name)
+
+
+def parse_pts(data: bytes, name: str) -> np.ndarray:
+    """`read_pts` of a file's bytes (from an archive, say); ``name`` names it in errors."""
     # latin-1 decodes any byte: a garbled file then fails below with its line named.
-    with open(name, encoding="latin-1") as f:
-        lines = [(number, line.strip()) for number, line in enumerate(f, start=1)]
+    text = data.decode("latin-1")
+    lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1)]
     lines = [(number, line) for number, line in lines if line]
     opening = next((i for i, (_, line) in enumerate(lines) if line == "{"), None)
     closing = next((i for i, (_, line) in enumerate(lines) if line == "}"), None)

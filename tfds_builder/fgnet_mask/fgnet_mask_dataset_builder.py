@@ -33,6 +33,7 @@ REPOSITORY = "https://github.com/VatsaPatel9/Masked-Face-Analysis-via-Multi-Task
 JPEG_QUALITY = 95  # for images that must be re-encoded (grayscale, PNG, CMYK, rotated)
 MAX_LISTED = 20  # problems shown in one error; the rest are counted
 SPLITS = ("train", "test", "subject_train", "subject_test", "photo_train", "photo_test")
+UNMASKED_PREFIX = "unmasked_"  # unmasked_<split>: the twins of the photos in <split>
 
 # Files that operating systems and archivers add beside the data.
 _JUNK_DIRS = frozenset({"__macosx"})
@@ -79,6 +80,20 @@ def features(**extra: tfds.features.FeatureConnector) -> tfds.features.FeaturesD
     )
 
 
+def paired_features() -> tfds.features.FeaturesDict:
+    """`features` of data sets that hold masked copies and unmasked twins of each photo:
+    plus ``mask_kind`` and ``landmarks``."""
+    return features(
+        mask_kind=tfds.features.Text(
+            doc="The kind of mask drawn on the face; 'none' for an unmasked twin."),
+        landmarks=tfds.features.Tensor(
+            shape=(68, 2), dtype=np.float32,
+            doc="The face's 68 landmarks in iBUG-68 order (as FG-NET's .pts), (x, y) "
+            "in pixels of the image; the mask's pixels are "
+            "fgmask_jax.masks.mask_region(landmarks, image_hw, mask_kind)."),
+    )
+
+
 def split_indices(filenames: Sequence[str], subject_ids: Sequence[int],
                   photo_ids: Sequence[int]) -> dict[str, np.ndarray]:
     """Indices into examples sorted by file name, for each of `SPLITS`.
@@ -94,6 +109,22 @@ def split_indices(filenames: Sequence[str], subject_ids: Sequence[int],
              splits_lib.subject_split(subject_ids, seed=seed),
              splits_lib.photo_split(photo_ids, seed=seed))
     return dict(zip(SPLITS, (idx for pair in pairs for idx in pair), strict=True))
+
+
+def twin_split_indices(
+    masked_photo_ids: Sequence[int], masked_splits: dict[str, np.ndarray],
+    twin_photo_ids: Sequence[int],
+) -> dict[str, np.ndarray]:
+    """``unmasked_<split>`` for each masked split: indices of the twins of its photos.
+
+    A photo whose copies straddle the study's ``train``/``test`` has its twin in both
+    ``unmasked_train`` and ``unmasked_test``; the photo and subject pairs are disjoint.
+    """
+    masked_photo_ids, twin_photo_ids = np.asarray(masked_photo_ids), np.asarray(twin_photo_ids)
+    return {
+        UNMASKED_PREFIX + split: np.flatnonzero(np.isin(twin_photo_ids, masked_photo_ids[idx]))
+        for split, idx in masked_splits.items()
+    }
 
 
 def photo_ids(members: Sequence[Member]) -> list[int]:
@@ -131,15 +162,15 @@ def rgb_jpeg(data: bytes) -> bytes:
 class _ZipReader:
     """Members of a zip archive, read one at a time (nothing is extracted)."""
 
-    def __init__(self, path: epath.Path):
+    def __init__(self, path: epath.Path, advice: str = ""):
+        """``advice``: what to do when the file is not a zip archive (FGNET-MASK's by default)."""
         self.where = str(path)
         try:
             self._zip = zipfile.ZipFile(path)
         except zipfile.BadZipFile as e:
-            raise ArchiveError(
-                f"{path}: not a readable zip archive ({e}). Download {ARCHIVE_NAME} again "
-                f"from {REPOSITORY}, or put its extracted folder in {path.parent} instead."
-            ) from None
+            advice = advice or (f"Download {ARCHIVE_NAME} again from {REPOSITORY}, or put "
+                                f"its extracted folder in {path.parent} instead.")
+            raise ArchiveError(f"{path}: not a readable zip archive ({e}). {advice}") from None
 
     def names(self) -> list[str]:
         return [info.filename for info in self._zip.infolist() if not info.is_dir()]
@@ -218,6 +249,24 @@ def _problem_error(where: str, problems: list[str]) -> ArchiveError:
     )
 
 
+def member_names(source: _ZipReader | _FolderReader, archive: str = ARCHIVE_NAME) -> list[str]:
+    """The names of ``source``'s files, less OS and archiver junk.
+
+    Raises:
+      ArchiveError: members with an absolute path or ``..`` (``archive`` names the
+        genuine archive, which has none).
+    """
+    everything = source.names()
+    unsafe = [n for n in everything if _is_unsafe(n.replace("\\", "/"))]
+    if unsafe:
+        listed = ", ".join(repr(n) for n in unsafe[:MAX_LISTED])
+        raise ArchiveError(
+            f"{source.where}: refusing {len(unsafe)} member(s) with an absolute path or '..': "
+            f"{listed}. A genuine {archive} has none; download it again."
+        )
+    return [n for n in everything if not _is_junk(n.replace("\\", "/").split("/"))]
+
+
 def scan(source: _ZipReader | _FolderReader) -> list[Member]:
     """Checks every file of ``source`` and returns its images, sorted by file name.
 
@@ -229,15 +278,7 @@ def scan(source: _ZipReader | _FolderReader) -> list[Member]:
       ArchiveError: listing unsafe member paths, or every file that fails the checks
         (up to ``MAX_LISTED``, then a count), with the way out.
     """
-    everything = source.names()
-    unsafe = [n for n in everything if _is_unsafe(n.replace("\\", "/"))]
-    if unsafe:
-        listed = ", ".join(repr(n) for n in unsafe[:MAX_LISTED])
-        raise ArchiveError(
-            f"{source.where}: refusing {len(unsafe)} member(s) with an absolute path or '..': "
-            f"{listed}. A genuine {ARCHIVE_NAME} has none; download it again from {REPOSITORY}."
-        )
-    names = [n for n in everything if not _is_junk(n.replace("\\", "/").split("/"))]
+    names = member_names(source)
     problems: list[str] = []
     members: dict[str, Member] = {}
     for name in tqdm(names, desc="Checking FGNET-MASK files", unit=" files", leave=False):

@@ -24,9 +24,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import multiprocessing
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
-import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
@@ -39,7 +38,7 @@ HOMEPAGE = "https://doi.org/10.3390/jimaging7100204"  # the study whose data set
 # Below this many images a worker pool costs more to start than it saves.
 _MIN_EXAMPLES_FOR_WORKERS = 500
 MASKED_SPLITS = fgnet_mask.SPLITS
-UNMASKED_PREFIX = "unmasked_"  # unmasked_<split>: the twins of the photos in <split>
+UNMASKED_PREFIX = fgnet_mask.UNMASKED_PREFIX
 
 
 @dataclasses.dataclass(eq=False)
@@ -63,22 +62,6 @@ def encode_example(example: dict) -> dict:
         "image": buffer.getvalue(),
         **{k: example[k] for k in ("age", "age_group", "gender", "expression", "subject_id",
                                     "photo_id", "filename", "mask_kind", "landmarks")},
-    }
-
-
-def twin_split_indices(
-    masked_photo_ids: Sequence[int], masked_splits: dict[str, np.ndarray],
-    twin_photo_ids: Sequence[int],
-) -> dict[str, np.ndarray]:
-    """``unmasked_<split>`` for each masked split: indices of the twins of its photos.
-
-    A photo whose copies straddle the study's ``train``/``test`` has its twin in both
-    ``unmasked_train`` and ``unmasked_test``; the photo and subject pairs are disjoint.
-    """
-    masked_photo_ids, twin_photo_ids = np.asarray(masked_photo_ids), np.asarray(twin_photo_ids)
-    return {
-        UNMASKED_PREFIX + split: np.flatnonzero(np.isin(twin_photo_ids, masked_photo_ids[idx]))
-        for split, idx in masked_splits.items()
     }
 
 
@@ -125,15 +108,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
-            features=fgnet_mask.features(
-                mask_kind=tfds.features.Text(
-                    doc="The kind of mask drawn on the face; 'none' for an unmasked twin."),
-                landmarks=tfds.features.Tensor(
-                    shape=(68, 2), dtype=np.float32,
-                    doc="The face's 68 landmarks in iBUG-68 order (as FG-NET's .pts), (x, y) "
-                    "in pixels of the image; the mask's pixels are "
-                    "fgmask_jax.masks.mask_region(landmarks, image_hw, mask_kind)."),
-            ),
+            features=fgnet_mask.paired_features(),
             homepage=HOMEPAGE,
             disable_shuffling=True,  # records in file-name order, as in fgnet_mask
         )
@@ -168,7 +143,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             for split in MASKED_SPLITS
         }
         if twins:
-            twin_indices = twin_split_indices(photo_ids, indices, [r["photo_id"] for r in twins])
+            twin_indices = fgnet_mask.twin_split_indices(
+                photo_ids, indices, [r["photo_id"] for r in twins])
             generators.update({
                 split: self._generate_examples([twins[i] for i in idx])
                 for split, idx in twin_indices.items()
