@@ -3,7 +3,7 @@
   python -m fgmask_jax.main --config=configs/eigenface.py --workdir=DIR
 
 Variants after a colon (comma-separated):
-  data=fgnet_mask|synthetic|synthetic_paired
+  data=fgnet_mask|synthetic|synthetic_paired|fgnet_paired
   protocol=study|subject|photo|lopo  size=112 (decoded image size)
   pixels=32 (faces are resized to pixels x pixels before the PCA)  components=100
   whiten  runlocal

@@ -3,7 +3,7 @@
   python -m fgmask_jax.main --config=configs/lbp.py --workdir=DIR
 
 Variants after a colon (comma-separated):
-  data=fgnet_mask|synthetic|synthetic_paired
+  data=fgnet_mask|synthetic|synthetic_paired|fgnet_paired
   protocol=study|subject|photo|lopo  size=112  runlocal
   variant=study|uniform (study: one 256-bin histogram of the whole image, as the
     study's MATLAB code; uniform: 59-bin uniform-pattern histograms per grid cell)

@@ -4,7 +4,7 @@ The study's best method (a ResNet-152 trunk). Train it:
   python -m fgmask_jax.main --config=configs/multitask.py --workdir=DIR
 
 Variants after a colon (comma-separated):
-  data=fgnet_mask|synthetic|synthetic_paired  model=resnet18..152|cnn|vgg16
+  data=fgnet_mask|synthetic|synthetic_paired|fgnet_paired  model=resnet18..152|cnn|vgg16
   protocol=study|subject|photo|lopo
   size=112 (size=50 with model=cnn reproduces the study's setting)  runlocal (a laptop CPU run)
   python -m fgmask_jax.main --config=configs/multitask.py:data=synthetic,runlocal --workdir=DIR

@@ -3,7 +3,7 @@
   python -m fgmask_jax.main --config=configs/tiny_image.py --workdir=DIR
 
 Variants after a colon (comma-separated):
-  data=fgnet_mask|synthetic|synthetic_paired
+  data=fgnet_mask|synthetic|synthetic_paired|fgnet_paired
   protocol=study|subject|photo|lopo  size=112 (decoded image size)
   tiny=16 (thumbnail side)  runlocal
   python -m fgmask_jax.main --config=configs/tiny_image.py:data=synthetic,runlocal --workdir=DIR

@@ -4,7 +4,9 @@ r"""Builds the project's TFDS datasets, without TensorFlow.
   python -m fgmask_jax.build_data --dataset=fgnet_mask --data_dir=DIR [--manual_dir=DIR]
 
 ``fgnet_mask`` needs FGNET-MASK_dataset.zip (or its extracted folder) in the manual
-dir, by default DIR/downloads/manual/; the error says where to get it.
+dir, by default DIR/downloads/manual/; the error says where to get it. ``fgnet_paired``
+(FG-NET's photos, each unmasked and in masked copies, for ``mask_gap``) needs FG-NET's
+FGNET.zip and FGNET-MASK_dataset.zip (its labels) there: see docs/beyond_the_study.md.
 ``synthetic_masked_faces`` draws its images and needs nothing. NAME/CONFIG picks a
 config (``synthetic_masked_faces/small``: 60 images for a quick look).
 
@@ -25,7 +27,7 @@ from etils import epath
 
 from fgmask_jax import cli
 
-DATASETS = ("fgnet_mask", "synthetic_masked_faces")
+DATASETS = ("fgnet_mask", "fgnet_paired", "synthetic_masked_faces")
 FILE_FORMATS = ("array_record", "tfrecord")
 
 
@@ -61,8 +63,10 @@ def build(
     Raises:
       ValueError: an unknown dataset or file format (the message lists the known ones).
       ModuleNotFoundError: ``tfrecord`` asked for without TensorFlow installed.
-      FileNotFoundError: fgnet_mask's archive is not in the manual dir (with instructions).
-      fgnet_mask's ArchiveError: the archive holds files the dataset cannot be built from.
+      FileNotFoundError: fgnet_mask's (or fgnet_paired's) files are not in the manual dir
+        (with instructions).
+      fgnet_mask's ArchiveError, fgnet_paired's SourceError: the files there cannot make
+        the dataset (each named, with the way out).
     """
     dataset = check_name(name)
     if file_format not in FILE_FORMATS:
@@ -107,10 +111,11 @@ def build_or_explain(name: str, data_dir: str, manual_dir: str | None = None,
                      file_format: str = "array_record"):
     """`build`, with the user's problems (a missing or bad archive, no TensorFlow for
     tfrecord) as `cli.UserError`."""
-    fgnet_mask = _register("fgnet_mask")
+    fgnet_mask, fgnet_paired = _register("fgnet_mask"), _register("fgnet_paired")
     try:
         return build(name, data_dir, manual_dir, file_format)
-    except (FileNotFoundError, ModuleNotFoundError, fgnet_mask.ArchiveError) as e:
+    except (FileNotFoundError, ModuleNotFoundError, fgnet_mask.ArchiveError,
+            fgnet_paired.SourceError) as e:
         raise cli.UserError(str(e)) from None
 
 
@@ -140,7 +145,8 @@ def define_flags() -> None:
     )
     flags.DEFINE_string(
         "manual_dir", None,
-        "fgnet_mask only: folder with FGNET-MASK_dataset.zip or its extracted folder "
+        "fgnet_mask: folder with FGNET-MASK_dataset.zip or its extracted folder; "
+        "fgnet_paired: folder with FGNET.zip (or FGNET/) and FGNET-MASK_dataset.zip "
         "(default: DATA_DIR/downloads/manual/).",
     )
     flags.DEFINE_enum(

@@ -18,7 +18,7 @@ from ml_collections import config_dict
 from fgmask_jax.data import labels as labels_lib
 
 DATASETS = {"fgnet_mask": "fgnet_mask", "synthetic": "synthetic_masked_faces",
-            "synthetic_paired": "synthetic_masked_faces/paired"}
+            "synthetic_paired": "synthetic_masked_faces/paired", "fgnet_paired": "fgnet_paired"}
 PROTOCOLS = ("study", "subject", "photo", "lopo")
 OPTIMIZERS = ("sgd", "adamw")
 RECIPES = ("default", "study")
@@ -99,7 +99,7 @@ def neural_config(arg: str | None, *, tasks: tuple[str, ...], model: str = "resn
     c = ml_collections.ConfigDict()
     c.dataset = DATASETS[v.data]
     c.data_dir = ""  # "" -> $TFDS_DATA_DIR or ~/tensorflow_datasets
-    c.manual_dir = ""  # fgnet_mask only: where FGNET-MASK_dataset.zip is
+    c.manual_dir = ""  # fgnet_mask, fgnet_paired: the folder of their archives
     c.protocol = v.protocol
     c.val_fraction = 0.1  # of the training split (of its persons under subject and lopo)
     # protocol=lopo: one run per fold of persons over all images, predictions pooled.

@@ -36,7 +36,8 @@ Configs (each file's docstring holds its commands):
 {configs}
 
 Variants, after a colon, comma-separated (configs/multitask.py:data=synthetic,runlocal):
-  data=fgnet_mask|synthetic|synthetic_paired    protocol=study|subject|photo|lopo    size=N
+  data=fgnet_mask|synthetic|synthetic_paired|fgnet_paired
+  protocol=study|subject|photo|lopo    size=N
   runlocal
   neural configs: model={models}
   single_task.py: task=age_group|gender|expression

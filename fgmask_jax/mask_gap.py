@@ -6,9 +6,10 @@ same test photos.
       --methods=multitask_cnn,multitask_resnet,single_task_cnn
 
 Needs data whose masked images and unmasked twins of one photo are both known: the
-synthetic ``paired`` set (``--data=synthetic_paired``, the default and for now the only
-one; see docs/beyond_the_study.md for FGNET-MASK). For each neural method it trains
-one model on each training set of the protocol's training photos:
+synthetic ``paired`` set (``--data=synthetic_paired``, the default), or FG-NET's photos
+with masked copies of each (``--data=fgnet_paired``: FG-NET and FGNET-MASK's archive in
+the manual dir; see docs/beyond_the_study.md). For each neural method it trains one
+model on each training set of the protocol's training photos:
 
 - ``masked``: every masked copy (``<protocol>_train``, about 3.4 copies a photo);
 - ``masked_one``: one masked copy per photo, drawn at random (seed 0): as many images
@@ -47,6 +48,7 @@ from fgmask_jax.evaluation import bootstrap
 METHODS = ("multitask_cnn", "multitask_resnet", "single_task_cnn", "single_task_resnet")
 DEFAULT_METHODS = ("multitask_cnn", "multitask_resnet")
 PROTOCOLS = ("photo", "subject")
+DATA = ("synthetic_paired", "fgnet_paired")  # the data with unmasked twins
 TRAININGS = ("masked", "masked_one", "unmasked")
 TRAINING_TEXT = {"masked": "masked, all copies", "masked_one": "masked, one copy a photo",
                  "unmasked": "unmasked twins"}
@@ -96,10 +98,10 @@ def plan(protocol: str, *, methods=DEFAULT_METHODS, runlocal: bool = False,
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r} is not one of: {', '.join(PROTOCOLS)}")
-    if data != "synthetic_paired":
+    if data not in DATA:
         raise ValueError(f"data={data!r}: the mask gap needs unmasked twins of the masked "
-                         "photos; only data=synthetic_paired has them (FGNET-MASK: see "
-                         "docs/beyond_the_study.md)")
+                         f"photos; only {' and '.join(DATA)} have them (fgnet_paired is "
+                         "FG-NET with masked copies: see docs/beyond_the_study.md)")
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"methods {unknown or '(none)'}: choose from {', '.join(METHODS)}")
@@ -143,15 +145,15 @@ def _load(path: str) -> dict[str, np.ndarray]:
 def run_mask_gap(workdir: str, *, protocol: str = "photo", methods=DEFAULT_METHODS,
                  runlocal: bool = False, resnet: str = "", one_copy: bool = True,
                  data: str = "synthetic_paired", dataset: str = "", data_dir: str = "",
-                 neural_overrides=None, num_samples: int = 1000, seed: int = 0,
-                 command: str = "") -> dict:
+                 manual_dir: str = "", neural_overrides=None, num_samples: int = 1000,
+                 seed: int = 0, command: str = "") -> dict:
     """Trains the missing cells, tests each on both test sets, writes mask_gap.md/json.
 
     Args:
       workdir: each run in ``workdir/<method>[/<task>]/<training set>``.
       protocol: photo | subject: which photos are training and test photos.
       one_copy: also train on one masked copy per photo (``masked_one``).
-      dataset, data_dir, neural_overrides: as `study.make_config` takes them.
+      dataset, data_dir, manual_dir, neural_overrides: as `study.make_config` takes them.
       num_samples, seed: of the person bootstrap.
       command: the command line, for the outputs.
 
@@ -172,10 +174,11 @@ def run_mask_gap(workdir: str, *, protocol: str = "photo", methods=DEFAULT_METHO
                  *(neural_overrides.items() if isinstance(neural_overrides, dict)
                    else neural_overrides or ())]
     configs = {c.run: study.make_config(c.run, dataset=dataset, data_dir=data_dir,
-                                        neural_overrides=overrides)
+                                        manual_dir=manual_dir, neural_overrides=overrides)
                for c in cells}
     first = next(iter(configs.values()))
-    build_data.build_or_explain(first.dataset, pipeline.data_dir(first))
+    build_data.build_or_explain(first.dataset, pipeline.data_dir(first),
+                                first.manual_dir or None)
     names = splits_of(protocol)
     sources = {k: pipeline.open_split(first.dataset, v, pipeline.data_dir(first))
                for k, v in names.items()}
@@ -277,12 +280,12 @@ def write_markdown(path: str, rows, gaps, costs, setting: dict, runs) -> None:
         return f"{fmt(r['value'])} [{fmt(r['low'])}, {fmt(r['high'])}]"
 
     sizes, names = setting["sizes"], setting["splits"]
+    kind, caveat = study.DATA_TEXT[setting["data"]]
     describe = lambda s: (f"{s['images']:,} images of {s['photos']:,} photos, "  # noqa: E731
                           f"{s['persons']} persons")
     lines = [f"# What the mask costs: {setting['dataset']}, protocol={setting['protocol']}",
              "",
-             f"- data: `{setting['dataset']}` (synthetic: procedurally drawn faces; these "
-             "numbers say nothing about real masked faces)",
+             f"- data: `{setting['dataset']}` ({kind}: {caveat})",
              f"- protocol {setting['protocol']}: " + study.PROTOCOL_TEXT[setting["protocol"]],
              f"- masked test: `{names['test']}`, {describe(sizes['test'])}; unmasked test: "
              f"`{names['unmasked_test']}`, {describe(sizes['unmasked_test'])} (the twins "
@@ -353,9 +356,9 @@ def define_flags() -> None:
                       "Which photos are tested: photo: 75/25 of source photos; subject: "
                       "75/25 of persons.")
     flags.DEFINE_list("methods", list(DEFAULT_METHODS), f"A subset of: {', '.join(METHODS)}.")
-    flags.DEFINE_enum("data", "synthetic_paired", ["synthetic_paired"],
-                      "Data with unmasked twins of the masked photos (only the synthetic "
-                      "paired set for now).")
+    flags.DEFINE_enum("data", "synthetic_paired", list(DATA),
+                      "Data with unmasked twins of the masked photos: the synthetic paired "
+                      "set, or FG-NET's photos with masked copies of each.")
     flags.DEFINE_bool("runlocal", False, "The runlocal configs (ResNet-18 and the CNN at 64 "
                       "px), 5 epochs of the all-copies set: about 30 minutes on two CPU "
                       "cores.")
@@ -365,6 +368,8 @@ def define_flags() -> None:
                         "--runlocal, else resnet152).")
     flags.DEFINE_string("data_dir", "", "TFDS data dir ('' -> $TFDS_DATA_DIR or "
                         "~/tensorflow_datasets); a missing dataset is built there.")
+    flags.DEFINE_string("manual_dir", "", "fgnet_paired only: the folder of FGNET.zip and "
+                        "FGNET-MASK_dataset.zip ('' -> DATA_DIR/downloads/manual).")
     flags.DEFINE_multi_string("neural_override", [], "KEY=VALUE set on every run, e.g. "
                               "num_epochs=2 (the steps of every training set follow it).")
     flags.DEFINE_integer("num_samples", 1000, "Bootstrap samples of persons.")
@@ -383,8 +388,8 @@ def main(argv):
         out = run_mask_gap(workdir, protocol=f.protocol, methods=tuple(f.methods),
                            runlocal=f.runlocal, resnet=f.resnet, one_copy=f.one_copy,
                            data=f.data, data_dir=cli.absolute(f.data_dir),
-                           neural_overrides=overrides, num_samples=f.num_samples,
-                           seed=f.seed, command=command)
+                           manual_dir=cli.absolute(f.manual_dir), neural_overrides=overrides,
+                           num_samples=f.num_samples, seed=f.seed, command=command)
     except (ValueError, config_lib.ConfigError) as e:
         raise cli.UserError(str(e)) from None
     print(f"mask_gap: {len(out['runs'])} runs "

@@ -69,6 +69,16 @@ PROTOCOL_TEXT = {
     "photo": "75/25 of source photos: no masked copy of a test photo is trained on",
     "lopo": "leave persons out (folds of persons; every image predicted once by a model "
             "that never saw its person)"}
+_DRAWN = ("procedurally drawn faces, not photographs; these numbers say nothing about real "
+          "masked faces")
+# --data -> (what it is, what the numbers do not say), in the reports' words.
+DATA_TEXT = {
+    "fgnet_mask": ("FGNET-MASK", ""),
+    "synthetic": ("synthetic data", _DRAWN),
+    "synthetic_paired": ("synthetic data", _DRAWN),
+    "fgnet_paired": ("FG-NET with drawn masks", "FG-NET's photos with masks drawn from their "
+                     "landmarks by fgmask_jax.masks, not FGNET-MASK's own masked images"),
+}
 # Several protocols at once (the copy leak) under --runlocal without --methods: the
 # classical methods that fit in a minute or two and the two multi-task networks, so
 # that three protocols finish in about 30 minutes on two CPU cores.
@@ -110,7 +120,7 @@ def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
 
     Args:
       data: fgnet_mask | synthetic | synthetic_paired.
-      protocol: study | subject | photo (synthetic_paired, fgnet_mask) | lopo.
+      protocol: study | subject | photo (synthetic_paired, fgnet_mask, fgnet_paired) | lopo.
       runlocal: pass the runlocal variant to every config, and shorten the neural
         runs by RUNLOCAL_NEURAL (VGG-16: RUNLOCAL_VGG).
       methods: a subset of METHODS, run in METHODS order.
@@ -129,8 +139,9 @@ def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r} is not one of: {', '.join(PROTOCOLS)}")
     if protocol == "photo" and data == "synthetic":
-        raise ValueError("protocol=photo needs data=synthetic_paired or fgnet_mask (the data "
-                         "with several masked copies of one photo); in data='synthetic' each "
+        raise ValueError("protocol=photo needs data=synthetic_paired, fgnet_mask or "
+                         "fgnet_paired (the data with several masked copies of one photo); "
+                         "in data='synthetic' each "
                          "image is its own photo, so photo would repeat protocol=study")
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -469,15 +480,12 @@ def write_markdown(path: str, rows, floor: dict, setting: dict, runs, notes) -> 
     """study.md: the accuracy table with intervals, the other metrics, what ran, notes."""
     methods, tasks = _ordered(rows)
     titles = setting.get("titles", {})
-    synthetic = setting["data"].startswith("synthetic")
+    kind, caveat = DATA_TEXT[setting["data"]]
     protocol = PROTOCOL_TEXT[setting["protocol"]]
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
     lines = [
         f"# The eight methods on {setting['dataset']}, protocol={setting['protocol']}", "",
-        f"- data: **{'synthetic data' if synthetic else 'FGNET-MASK'}** "
-        f"(`{setting['dataset']}`)"
-        + (": procedurally drawn faces, not photographs; these numbers say nothing about "
-           "real masked faces" if synthetic else ""),
+        f"- data: **{kind}** (`{setting['dataset']}`)" + (f": {caveat}" if caveat else ""),
         f"- protocol: {protocol}",
         f"- intervals: 95% percentile intervals from {setting['num_samples']} bootstrap "
         "samples of persons (all images of a drawn person, twice if drawn twice)",
@@ -558,7 +566,7 @@ def write_plot(path: str, rows, floor: dict, setting: dict) -> None:
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("test accuracy (95% interval by person)")
-    kind = "synthetic data" if setting["data"].startswith("synthetic") else "FGNET-MASK"
+    kind = DATA_TEXT[setting["data"]][0]
     ax.set_title(f"{kind} ({setting['dataset']}), protocol={setting['protocol']}")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
@@ -752,12 +760,10 @@ def write_leak_markdown(path: str, rows, inflation, setting: dict) -> None:
             return fmt(r["value"]) + " (no interval)"
         return f"{fmt(r['value'])} [{fmt(r['low'])}, {fmt(r['high'])}]"
 
-    synthetic = setting["data"].startswith("synthetic")
+    kind, caveat = DATA_TEXT[setting["data"]]
     lines = [f"# The copy leak: {len(methods)} methods on {setting['dataset']} under "
              + ", ".join(protocols), "",
-             f"- data: `{setting['dataset']}`"
-             + (" (synthetic: procedurally drawn faces; these numbers say nothing about "
-                "real masked faces)" if synthetic else "")]
+             f"- data: `{setting['dataset']}` ({kind}" + (f": {caveat})" if caveat else ")")]
     lines += [f"- protocol {p}: {PROTOCOL_TEXT[p]}" for p in protocols]
     if setting.get("leak"):
         lk = setting["leak"]
@@ -814,13 +820,15 @@ def define_flags() -> None:
     """The command's flags (defined only when run as a command: importing this module
     leaves absl's global flags alone)."""
     flags.DEFINE_enum("data", "synthetic", list(config_lib.DATASETS),
-                      "Which data: the FGNET-MASK set or the synthetic one.")
+                      "Which data: FGNET-MASK, the synthetic set (synthetic_paired: masked "
+                      "copies of each photo and its unmasked twin), or FG-NET with drawn "
+                      "masked copies of each photo (fgnet_paired).")
     flags.DEFINE_list("protocol", ["study"],
                       "study: the study's random image split; subject: subject-disjoint; "
-                      "photo: photo-disjoint (synthetic_paired, fgnet_mask); lopo: leave persons "
-                      "out (one model per fold of persons). Several, comma-separated and "
-                      "study among them (e.g. study,photo,subject): each runs in "
-                      "WORKDIR/<protocol> and leak.md/csv/json compare them side by side.")
+                      "photo: photo-disjoint (synthetic_paired, fgnet_mask, fgnet_paired); "
+                      "lopo: leave persons out (one model per fold of persons). Several, "
+                      "comma-separated and study among them (e.g. study,photo,subject): each "
+                      "runs in WORKDIR/<protocol> and leak.md/csv/json compare them side by side.")
     flags.DEFINE_string("workdir", None,
                         "The study's folder; each run in WORKDIR/<method>[/<task>] "
                         "(WORKDIR/<protocol>/<method>[/<task>] with several protocols).")
@@ -831,7 +839,8 @@ def define_flags() -> None:
                       f"{','.join(LEAK_RUNLOCAL_METHODS)}.")
     flags.DEFINE_string("data_dir", "", "TFDS data dir ('' -> $TFDS_DATA_DIR or "
                         "~/tensorflow_datasets); a missing dataset is built there.")
-    flags.DEFINE_string("manual_dir", "", "fgnet_mask only: where FGNET-MASK_dataset.zip is.")
+    flags.DEFINE_string("manual_dir", "", "fgnet_mask and fgnet_paired: the folder of their "
+                        "archives ('' -> DATA_DIR/downloads/manual).")
     flags.DEFINE_string("resnet", "", "ResNet of the ResNet methods ('' -> resnet18 under "
                         "--runlocal, else resnet152).")
     flags.DEFINE_string("pretrained_resnet", "",

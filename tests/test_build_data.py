@@ -144,11 +144,11 @@ def test_default_manual_dir_is_under_data_dir(tmp_path):
 
 
 def test_unknown_names_and_formats(tmp_path):
-    with pytest.raises(ValueError, match="fgnet_mask, synthetic_masked_faces"):
+    with pytest.raises(ValueError, match="fgnet_mask, fgnet_paired, synthetic_masked_faces"):
         build_data.build("fgnet", str(tmp_path))
     with pytest.raises(ValueError, match="array_record, tfrecord"):
         build_data.build(SMALL, str(tmp_path), file_format="parquet")
-    assert build_data.DATASETS == ("fgnet_mask", "synthetic_masked_faces")
+    assert build_data.DATASETS == ("fgnet_mask", "fgnet_paired", "synthetic_masked_faces")
     assert not list(tmp_path.iterdir())
 
 

@@ -83,7 +83,7 @@ def test_plan_cells():
 @pytest.mark.parametrize("kwargs, message", [
     ({"protocol": "study"}, "protocol='study' is not one of: photo, subject"),
     ({"methods": ("lbp",)}, "methods ['lbp']: choose from multitask_cnn"),
-    ({"data": "fgnet_mask"}, "only data=synthetic_paired has them"),
+    ({"data": "fgnet_mask"}, "only synthetic_paired and fgnet_paired have them"),
 ])
 def test_bad_arguments_are_refused(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -253,7 +253,8 @@ def test_paired_difference_is_the_difference_with_a_paired_interval():
 @pytest.mark.parametrize("protocols, data, message", [
     (("photo", "subject"), "synthetic_paired", "study among them"),
     (("study", "study"), "synthetic_paired", "study among them"),
-    (("study", "photo"), "synthetic", "protocol=photo needs data=synthetic_paired or fgnet_mask"),
+    (("study", "photo"), "synthetic",
+     "protocol=photo needs data=synthetic_paired, fgnet_mask or fgnet_paired"),
     (("study", "nope"), "synthetic_paired", "protocol='nope' is not one of"),
 ])
 def test_bad_protocols_are_refused_before_anything_runs(protocols, data, message, tmp_path):
@@ -271,4 +272,4 @@ def test_bad_protocols_are_one_line_errors_that_exit_2(tmp_path):
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.count("\n") == 1, result.stderr
-    assert "protocol=photo needs data=synthetic_paired or fgnet_mask" in result.stderr
+    assert "protocol=photo needs data=synthetic_paired, fgnet_mask or fgnet_paired" in result.stderr

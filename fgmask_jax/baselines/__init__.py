@@ -23,8 +23,9 @@ def classical_config(arg: str | None, method: str, size: int,
                      **variants) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
     """(config, parsed variants) of a classical method; ``variants`` adds method-specific ones.
 
-    Common variants: data=fgnet_mask|synthetic|synthetic_paired, protocol=study|subject|photo|lopo,
-    size=N, runlocal. The caller adds the method's own fields to the config.
+    Common variants: data=fgnet_mask|synthetic|synthetic_paired|fgnet_paired,
+    protocol=study|subject|photo|lopo, size=N, runlocal. The caller adds the method's own
+    fields to the config.
 
     Raises:
       ValueError: an unknown variant or value, listing the valid ones.
@@ -41,7 +42,7 @@ def classical_config(arg: str | None, method: str, size: int,
     c.method = method
     c.dataset = config_lib.DATASETS[v.data]
     c.data_dir = ""  # "" -> $TFDS_DATA_DIR or ~/tensorflow_datasets
-    c.manual_dir = ""  # fgnet_mask only: where FGNET-MASK_dataset.zip is
+    c.manual_dir = ""  # fgnet_mask, fgnet_paired: the folder of their archives
     c.protocol = v.protocol
     c.lopo_folds = 0  # protocol=lopo: folds of persons; 0 = one per person
     c.image_size = v.size

@@ -6,9 +6,10 @@ Reads the protocol's splits through the same pipeline as the neural trainer
 (decoded uint8 images at ``config.image_size``), extracts features in jitted
 batches, fits one classifier per task on the training split and predicts the
 test split. Protocols: ``study``, ``subject`` and ``photo`` (the dataset's
-train/test splits; ``photo`` needs a dataset with photo splits, the synthetic
-``paired`` one) and ``lopo`` (folds of persons over all images: every image is predicted
-once, by a model that never saw its person; results pooled over the folds).
+train/test splits; ``photo`` needs a dataset that records each image's photo:
+``fgnet_mask``, ``fgnet_paired`` or the synthetic ``paired`` one) and ``lopo`` (folds of
+persons over all images: every image is predicted once, by a model that never saw its
+person; results pooled over the folds).
 
 Writes in ``workdir``: ``config.json``, ``results.json`` (``{"test": {task:
 summary}, "selection": ...}``; classifiers have no loss, so none is given),
@@ -117,7 +118,7 @@ def _load(config) -> dict[str, np.ndarray]:
         elif config.protocol == "photo":
             raise ValueError(
                 f"protocol=photo: {config.dataset} records no photo_id (its copies of one "
-                "photo are not known); use the synthetic paired data (data=synthetic_paired)")
+                "photo are not known); use data=synthetic_paired, fgnet_mask or fgnet_paired")
         parts.append(part)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 

@@ -47,7 +47,8 @@ def data_dir(config) -> str:
 
 def split_names(protocol: str) -> tuple[str, str]:
     """(train, test) split names of a protocol; lopo's folds are drawn from every image;
-    photo (75/25 of source photos) needs a dataset with photo splits (the synthetic one)."""
+    photo (75/25 of source photos) differs from study where images share photos
+    (``fgnet_mask``, ``fgnet_paired``, ``synthetic_masked_faces/paired``)."""
     return {"study": ("train", "test"), "subject": ("subject_train", "subject_test"),
             "photo": ("photo_train", "photo_test"),
             "lopo": ("train+test", "train+test")}[protocol]
@@ -55,7 +56,7 @@ def split_names(protocol: str) -> tuple[str, str]:
 
 def unmasked(split: str) -> str:
     """The split of the unmasked twins of ``split``'s photos (``synthetic_masked_faces/
-    paired``): ``subject_test`` -> ``unmasked_subject_test``."""
+    paired``, ``fgnet_paired``): ``subject_test`` -> ``unmasked_subject_test``."""
     return "+".join(f"unmasked_{s}" for s in split.split("+"))
 
 
