@@ -482,7 +482,8 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
     if steps_per_epoch == 0:
         raise config_lib.ConfigError(
             f"{len(fit)} training examples make no batch of config.batch_size="
-            f"{config.batch_size}; set a smaller --config.batch_size"
+            f"{config.batch_size}; set a smaller one (main: --config.batch_size=N; study, "
+            "mask_gap: --neural_override=batch_size=N)"
         )
     total_steps = config.num_train_steps or int(math.ceil(config.num_epochs * steps_per_epoch))
     eval_every = config.eval_every_steps or steps_per_epoch
