@@ -119,7 +119,7 @@ def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
     """The runs of the study.
 
     Args:
-      data: fgnet_mask | synthetic | synthetic_paired.
+      data: fgnet_mask | synthetic | synthetic_paired | fgnet_paired.
       protocol: study | subject | photo (synthetic_paired, fgnet_mask, fgnet_paired) | lopo.
       runlocal: pass the runlocal variant to every config, and shorten the neural
         runs by RUNLOCAL_NEURAL (VGG-16: RUNLOCAL_VGG).
@@ -141,8 +141,8 @@ def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
     if protocol == "photo" and data == "synthetic":
         raise ValueError("protocol=photo needs data=synthetic_paired, fgnet_mask or "
                          "fgnet_paired (the data with several masked copies of one photo); "
-                         "in data='synthetic' each "
-                         "image is its own photo, so photo would repeat protocol=study")
+                         "in data='synthetic' each image is its own photo, so photo would "
+                         "repeat protocol=study")
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"methods {unknown or '(none)'}: choose from {', '.join(METHODS)}")

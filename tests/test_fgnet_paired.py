@@ -190,7 +190,7 @@ def test_every_problem_is_reported_and_nothing_is_written(tmp_path):
     with pytest.raises(fgnet_paired.SourceError) as error:
         build_data.build("fgnet_paired", str(tmp_path / "tfds"), str(manual))
     message = str(error.value)
-    for expected in ("4 photo(s) cannot be used", "001A05.JPG: no .pts file 001a05.pts",
+    for expected in ("4 photo(s) cannot be used", "001A05.JPG: no .pts file named 001a05.pts",
                      "portrait.jpg: 'portrait': not an FG-NET photo name",
                      "001A43b: no FGNET-MASK name at person 1, age 43",
                      "002a10.pts: declares n_points: 3 but holds 1", "fgnet_labels.csv"):

@@ -234,13 +234,16 @@ class Member:
     labels: labels_lib.Labels
 
 
-def _problem_error(where: str, problems: list[str]) -> ArchiveError:
-    listed = "\n".join(f"  {p}" for p in problems[:MAX_LISTED])
+def listed(problems: Sequence[str]) -> str:
+    """One indented line per problem, up to ``MAX_LISTED``, then how many more."""
     more = len(problems) - MAX_LISTED
-    if more > 0:
-        listed += f"\n  ... and {more} more"
+    return "\n".join([*(f"  {p}" for p in problems[:MAX_LISTED]),
+                      *([f"  ... and {more} more"] if more > 0 else [])])
+
+
+def _problem_error(where: str, problems: list[str]) -> ArchiveError:
     return ArchiveError(
-        f"{where}: {len(problems)} file(s) cannot be used for fgnet_mask:\n{listed}\n"
+        f"{where}: {len(problems)} file(s) cannot be used for fgnet_mask:\n{listed(problems)}\n"
         "Remove or replace these files. Images are named NNNAxx_GG_EE[ (k)].jpg (person NNN, "
         "'A', age xx, gender GG 01=male, expression EE 01=happy 02=neutral; for example "
         f"'001A02_01_01.jpg'). Or download {ARCHIVE_NAME} again from {REPOSITORY}; if the "

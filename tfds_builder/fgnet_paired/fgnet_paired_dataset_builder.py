@@ -151,7 +151,7 @@ def scan_fgnet(source) -> tuple[list[Photo], list[str]]:
             problems.append(f"{images[key]}: {e}")
             continue
         if key not in points:
-            problems.append(f"{images[key]}: no .pts file {key}.pts beside it")
+            problems.append(f"{images[key]}: no .pts file named {key}.pts (any case)")
             continue
         photos.append(Photo(stem, images[key], points[key], subject, age, letter))
     return photos, problems
@@ -230,12 +230,9 @@ def label_photos(photos: Sequence[Photo], table: dict[str, tuple[int, int]],
 
 
 def _problem_error(where: str, problems: list[str]) -> SourceError:
-    listed = "\n".join(f"  {p}" for p in problems[:fgnet_mask.MAX_LISTED])
-    more = len(problems) - fgnet_mask.MAX_LISTED
-    if more > 0:
-        listed += f"\n  ... and {more} more"
     return SourceError(
-        f"{where}: {len(problems)} photo(s) cannot be used for fgnet_paired:\n{listed}\n"
+        f"{where}: {len(problems)} photo(s) cannot be used for fgnet_paired:\n"
+        f"{fgnet_mask.listed(problems)}\n"
         f"Photos need an FG-NET name NNNAxx[l].JPG and a .pts file of the same name; a "
         f"photo's gender and expression can be given in {LABELS_NAME} in the manual dir "
         f"(rows photo,gender,expression such as 001A43a,male,happy). Then build again.")
