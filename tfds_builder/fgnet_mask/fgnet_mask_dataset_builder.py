@@ -159,7 +159,7 @@ def rgb_jpeg(data: bytes) -> bytes:
 # ----------------------------------------------------------------------------- reading
 
 
-class _ZipReader:
+class ZipReader:
     """Members of a zip archive, read one at a time (nothing is extracted)."""
 
     def __init__(self, path: epath.Path, advice: str = ""):
@@ -182,7 +182,7 @@ class _ZipReader:
         self._zip.close()
 
 
-class _FolderReader:
+class FolderReader:
     """Files under a folder (an extracted archive), named by their relative POSIX path."""
 
     def __init__(self, root: epath.Path):
@@ -203,13 +203,13 @@ class _FolderReader:
         pass
 
 
-def open_source(manual_dir: epath.PathLike) -> _ZipReader | _FolderReader:
+def open_source(manual_dir: epath.PathLike) -> ZipReader | FolderReader:
     """The archive ``<manual_dir>/FGNET-MASK_dataset.zip`` if present, else the folder itself."""
     manual_dir = epath.Path(manual_dir)
     archive = manual_dir / ARCHIVE_NAME
     if archive.is_file():
-        return _ZipReader(archive)
-    return _FolderReader(manual_dir)
+        return ZipReader(archive)
+    return FolderReader(manual_dir)
 
 
 def _is_junk(parts: Sequence[str]) -> bool:
@@ -252,7 +252,7 @@ def _problem_error(where: str, problems: list[str]) -> ArchiveError:
     )
 
 
-def member_names(source: _ZipReader | _FolderReader, archive: str = ARCHIVE_NAME) -> list[str]:
+def member_names(source: ZipReader | FolderReader, archive: str = ARCHIVE_NAME) -> list[str]:
     """The names of ``source``'s files, less OS and archiver junk.
 
     Raises:
@@ -262,15 +262,15 @@ def member_names(source: _ZipReader | _FolderReader, archive: str = ARCHIVE_NAME
     everything = source.names()
     unsafe = [n for n in everything if _is_unsafe(n.replace("\\", "/"))]
     if unsafe:
-        listed = ", ".join(repr(n) for n in unsafe[:MAX_LISTED])
+        shown = ", ".join(repr(n) for n in unsafe[:MAX_LISTED])
         raise ArchiveError(
             f"{source.where}: refusing {len(unsafe)} member(s) with an absolute path or '..': "
-            f"{listed}. A genuine {archive} has none; download it again."
+            f"{shown}. A genuine {archive} has none; download it again."
         )
     return [n for n in everything if not _is_junk(n.replace("\\", "/").split("/"))]
 
 
-def scan(source: _ZipReader | _FolderReader) -> list[Member]:
+def scan(source: ZipReader | FolderReader) -> list[Member]:
     """Checks every file of ``source`` and returns its images, sorted by file name.
 
     Junk (``__MACOSX/``, ``.DS_Store``, ``Thumbs.db``, dotfiles) is skipped; every

@@ -109,11 +109,11 @@ def open_fgnet(manual_dir: epath.Path):
     """
     archive, folder = manual_dir / FGNET_ARCHIVE, manual_dir / FGNET_FOLDER
     if archive.is_file():
-        return fgnet_mask._ZipReader(  # noqa: SLF001
+        return fgnet_mask.ZipReader(
             archive, advice=f"Obtain {FGNET_ARCHIVE} again, or put its extracted folder "
             f"{FGNET_FOLDER}/ in {manual_dir} instead.")
     if folder.is_dir():
-        return fgnet_mask._FolderReader(folder)  # noqa: SLF001
+        return fgnet_mask.FolderReader(folder)
     raise FileNotFoundError(f"fgnet_paired: neither {archive} nor {folder}/ exists.\n"
                             f"{MANUAL_DOWNLOAD_INSTRUCTIONS}")
 
@@ -319,7 +319,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         table = read_label_table(table_path) if table_path.is_file() else {}
         from_names = {}
         if (manual_dir / fgnet_mask.ARCHIVE_NAME).is_file():
-            labels_source = fgnet_mask._ZipReader(manual_dir / fgnet_mask.ARCHIVE_NAME)  # noqa: SLF001
+            labels_source = fgnet_mask.ZipReader(manual_dir / fgnet_mask.ARCHIVE_NAME)
             try:
                 from_names = fgnet_mask_labels(fgnet_mask.member_names(labels_source))
             finally:
