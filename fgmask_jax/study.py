@@ -351,12 +351,18 @@ def run_study(workdir: str, *, data: str = "synthetic", protocol: str = "study",
     runs = plan(data, protocol, runlocal=runlocal, methods=methods, resnet=resnet,
                 pretrained_resnet=pretrained_resnet, pretrained_vgg_face=pretrained_vgg_face)
     notes = []
-    os.makedirs(workdir, exist_ok=True)
     previous = _read_json(os.path.join(workdir, "study.json")).get("runs", {})
     configs = [make_config(r, dataset=dataset, data_dir=data_dir, manual_dir=manual_dir,
                            neural_overrides=neural_overrides, lopo_folds=lopo_folds)
                for r in runs]
-    built = set()
+    # The data of the runs still to do, built before the workdir is made: data that
+    # cannot be built stops the study with nothing written.
+    for key in dict.fromkeys(
+            (c.dataset, pipeline.data_dir(c), c.manual_dir or None)
+            for r, c in zip(runs, configs, strict=True)
+            if not os.path.exists(os.path.join(workdir, r.folder, "results.json"))):
+        build_data.build_or_explain(*key)
+    os.makedirs(workdir, exist_ok=True)
     records = {}
     for run, config in zip(runs, configs, strict=True):
         folder = os.path.join(workdir, run.folder)
@@ -369,11 +375,6 @@ def run_study(workdir: str, *, data: str = "synthetic", protocol: str = "study",
             record.update(status="skipped", seconds=old.get("seconds"),
                           description=old.get("description", record["description"]))
         else:
-            key = (config.dataset, pipeline.data_dir(config))
-            if key not in built:
-                build_data.build_or_explain(config.dataset, pipeline.data_dir(config),
-                                            config.manual_dir or None)
-                built.add(key)
             logging.info("study: running %s (%s)", run.folder, record["description"])
             t0 = time.perf_counter()
             if is_neural(config):

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from fgmask_jax import study
+from fgmask_jax import cli, study
 from fgmask_jax.data import splits
 from fgmask_jax.evaluation import bootstrap, metrics
 
@@ -273,3 +273,11 @@ def test_bad_protocols_are_one_line_errors_that_exit_2(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.count("\n") == 1, result.stderr
     assert "protocol=photo needs data=synthetic_paired, fgnet_mask or fgnet_paired" in result.stderr
+
+
+def test_data_that_cannot_be_built_stops_before_any_folder_is_made(tmp_path):
+    # fgnet_paired's archives are not in the (empty) manual dir.
+    with pytest.raises(cli.UserError, match="FGNET.zip"):
+        study.run_comparison(str(tmp_path / "w"), ("study", "photo"), data="fgnet_paired",
+                             methods=("lbp",), data_dir=str(tmp_path / "tfds"))
+    assert not (tmp_path / "w").exists()
