@@ -263,8 +263,6 @@ def test_landmark_error_is_a_value_error_and_bad_arguments_raise():
         render_mask(uniform(128)[..., 0], lm)
 
 
-
-
 def test_read_pts_reads_fgnet_files(tmp_path):
     lm = frontal_landmarks()
     path = tmp_path / "001a02.pts"

@@ -42,8 +42,8 @@ def read_pts(path: str | os.PathLike) -> np.ndarray:
 def parse_pts(data: bytes, name: str) -> np.ndarray:
     """`read_pts` of a file's bytes (from an archive, say); ``name`` names it in errors."""
     # latin-1 decodes any byte: a garbled file then fails below with its line named.
-    text = data.decode("latin-1")
-    lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1)]
+    text = data.decode("latin-1").replace("\r\n", "\n").replace("\r", "\n")  # as open() reads
+    lines = [(number, line.strip()) for number, line in enumerate(text.split("\n"), start=1)]
     lines = [(number, line) for number, line in lines if line]
     opening = next((i for i, (_, line) in enumerate(lines) if line == "{"), None)
     closing = next((i for i, (_, line) in enumerate(lines) if line == "}"), None)
