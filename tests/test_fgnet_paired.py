@@ -109,7 +109,6 @@ def test_copies_twins_labels_and_splits(built):
     twins = splits["unmasked_photo_train"] + splits["unmasked_photo_test"]
     assert len(twins) == len(PHOTOS) and {t["mask_kind"] for t in twins} == {b"none"}
     assert len(masked) == sum(fgnet_paired.num_copies(s) for s, _, _ in PHOTOS)
-    gray_photos = 0
     for twin in twins:
         name = labels.parse_filename(twin["filename"].decode())
         stem = name.photo.split("_")[0]
@@ -135,10 +134,6 @@ def test_copies_twins_labels_and_splits(built):
             inside = np.abs(a - b)[region].mean()
             outside = np.abs(a - b)[~near].mean()
             assert inside > 10 * outside and outside < 2, (stem, inside, outside)
-            if np.ptp(a, axis=-1).max() <= 2:  # a grayscale photo: grayscale copies
-                gray_photos += 1
-                assert np.ptp(b, axis=-1).max() <= 8, stem
-    assert gray_photos > 0
     # fgnet_mask's splits of the masked copies, and each one's twins.
     for pair in (("photo_train", "photo_test"), ("subject_train", "subject_test")):
         key = "photo_id" if pair[0].startswith("photo") else "subject_id"

@@ -14,7 +14,6 @@ detector is surest of, and each other one it is fairly sure of (``faces_to_mask`
 Each photo gives ``--copies`` masked JPEGs named ``<stem>_<kind>_<copy>.jpg``; the kinds of
 one photo's copies are consecutive in ``--kinds`` from a start drawn by seed, so copies
 differ in kind and kinds are spread evenly; the faces of one copy share its kind and colour.
-A grayscale photo's copies are grayscale (``color`` is the mask's before that).
 ``manifest.csv`` in the output folder has one row per JPEG:
 ``output,source,subject,age,mask_kind,color`` (subject and age read from FG-NET names
 ``NNNAxx[a]``, empty for other names; color as ``#rrggbb``). Photos that gave no JPEG (no
@@ -321,9 +320,6 @@ def _mask_photo_with(image_path, landmarks_fn, kinds, copies, seed):
 def masked_copies(image, faces, image_path, kinds, copies, seed):
     """The ``copies`` masked versions of one photo, every face masked in each.
 
-    A grayscale photo (R = G = B everywhere, as FG-NET's older ones) gets grayscale copies:
-    a mask photographed in black and white, not a coloured patch on a grey face.
-
     Returns:
       ([(kind, (r, g, b), uint8[H, W, 3])] per copy, {face index: why its landmarks cannot
       place a mask}); such faces are left bare.
@@ -334,7 +330,6 @@ def masked_copies(image, faces, image_path, kinds, copies, seed):
     first_kind = int(np.random.default_rng(photo_seed).integers(len(kinds)))
     bad: dict[int, str] = {}
     masked = []
-    gray = bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
     for copy, copy_seed in enumerate(photo_seed.spawn(copies)):
         kind = kinds[(first_kind + copy) % len(kinds)]
         render_seed = int(copy_seed.generate_state(1)[0])
@@ -354,8 +349,6 @@ def masked_copies(image, faces, image_path, kinds, copies, seed):
                 out = render_mask(out, points, kind, color, face_seed)
             except LandmarkError as error:  # depends on the landmarks alone, not the kind
                 bad[index] = str(error)
-        if gray:  # as PIL's "L" conversion (ITU-R 601-2 luma), back to three channels
-            out = np.asarray(Image.fromarray(out).convert("L").convert("RGB"))
         masked.append((kind, color, out))
     return masked, bad
 
