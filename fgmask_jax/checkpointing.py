@@ -23,9 +23,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-
-class CheckpointError(RuntimeError):
-    """Checkpoints that cannot be written or read; the message names the folder."""
+from fgmask_jax.errors import CheckpointError
 
 
 class Checkpointer:

@@ -5,10 +5,10 @@
 
 `run` is ``absl.app.run`` with these rules:
 
-- a mistake in the command's input (`UserError`, `config_lib.ConfigError`) prints
-  one line naming the file or key and the way out, and exits 2;
-- a run that stops as designed (a non-finite loss, checkpoints that do not restore)
-  prints its one-line reason and exits 1;
+- a mistake in the command's input (an `errors.UserError`) prints one line naming
+  the file or key and the way out, and exits 2;
+- a run that stops as designed (an `errors.RunStopped`, such as checkpoints that do
+  not restore, or a non-finite loss) prints its one-line reason and exits 1;
 - Ctrl-C and SIGTERM print one line (where the run stopped, how to resume) and
   exit 130 and 143; in-flight checkpoint saves finish first (see `signals`);
 - anything else is a bug and keeps its traceback.
@@ -29,7 +29,8 @@ from collections.abc import Callable
 
 from absl import app, flags
 
-from fgmask_jax import config_lib, signals
+from fgmask_jax import errors, signals
+from fgmask_jax.errors import UserError  # noqa: F401 - commands raise cli.UserError
 
 # The cache's size bound (least recently used entries go first) unless
 # JAX_COMPILATION_CACHE_MAX_SIZE says otherwise.
@@ -52,10 +53,6 @@ def use_compilation_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", compilation_cache_dir() or None)
     if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
         jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
-
-
-class UserError(Exception):
-    """A mistake in a command's input; the message names it and the way out."""
 
 
 def absolute(path: str | None) -> str | None:
@@ -103,8 +100,7 @@ def run(main: Callable[[list[str]], None], *, prog: str,
     `parse_flags`."""
 
     def guarded(argv):
-        # Imports JAX and Orbax: only after the flags parsed, so that a bad flag answers fast.
-        from fgmask_jax import checkpointing
+        # Imports JAX: only after the flags parsed, so that a bad flag answers fast.
         from fgmask_jax.evaluation import writers
 
         writers.quiet_library_logs()
@@ -112,9 +108,9 @@ def run(main: Callable[[list[str]], None], *, prog: str,
         signals.terminate_like_interrupt()
         try:
             return main(argv)
-        except (UserError, config_lib.ConfigError) as e:
+        except errors.UserError as e:
             fail(prog, str(e), 2)
-        except (FloatingPointError, checkpointing.CheckpointError) as e:
+        except (FloatingPointError, errors.RunStopped) as e:
             fail(prog, str(e), 1)
         except signals.Interrupted as e:
             fail(prog, str(e), 128 + e.signum)

@@ -16,6 +16,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from fgmask_jax.data import labels as labels_lib
+from fgmask_jax.errors import ConfigError
 
 DATASETS = {"fgnet_mask": "fgnet_mask", "synthetic": "synthetic_masked_faces",
             "synthetic_paired": "synthetic_masked_faces/paired", "fgnet_paired": "fgnet_paired"}
@@ -31,8 +32,6 @@ MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "cnn", "
           "resnet_tiny")
 
 
-class ConfigError(ValueError):
-    """A config file, variant, key or value that does not exist or does not fit."""
 
 
 def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:

@@ -83,6 +83,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fgmask_jax.errors import WeightsError
 from fgmask_jax.models import vgg
 from fgmask_jax.models.resnet import ResNet
 
@@ -115,8 +116,6 @@ CONVERT_COMMAND = (
 )
 
 
-class WeightsError(ValueError):
-    """A weights file that cannot be mapped onto the asked trunk, exactly."""
 
 
 # ---------------------------------------------------------------- layouts
