@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fgmask_jax.data import masked_photos as apply_lib
 from fgmask_jax.data import synthetic
-from fgmask_jax.masks import apply as apply_lib
 from fgmask_jax.masks import landmarks as landmarks_lib
 from fgmask_jax.masks import read_pts
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fgmask_jax.data import masked_photos as apply_lib
 from fgmask_jax.masks import (
     MASK_COLORS,
     MASK_KINDS,
@@ -19,7 +20,6 @@ from fgmask_jax.masks import (
     read_pts,
     render_mask,
 )
-from fgmask_jax.masks import apply as apply_lib
 
 SIZE = 128
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

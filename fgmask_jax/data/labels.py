@@ -6,6 +6,9 @@ gender ``01`` (male, anything else female), expression ``01`` (happy), ``02``
 one photo: the name without it (``001A02_01_01``) names the photo. Ages are binned as
 the authors' code does: ``<=10``, ``11-20``, ``21-40``, ``>40`` (age 10 falls in the
 first group).
+
+FG-NET's own photos are named ``NNNAxx[l]`` (``001A02``, ``001A43a``): person, age and a
+letter for a second photo at one age, without gender or expression (`parse_fgnet_stem`).
 """
 
 from __future__ import annotations
@@ -31,12 +34,16 @@ FGNET_MASK_COUNTS: dict[str, tuple[int, ...]] = {
     "expression": (1800, 950, 654),
 }
 
+# FG-NET's photo names, NNNAxx[l] (person, 'A', age, a letter): no gender or expression.
+_FGNET_STEM = r"(?P<subject>\d+)[Aa](?P<age>\d+)(?P<letter>[A-Za-z]?)"
+_FGNET_NAME = re.compile(rf"^{_FGNET_STEM}$")
+# FGNET-MASK's names: an FG-NET name, gender and expression, then the copy number.
 _NAME = re.compile(
-    r"^(?P<photo>(?P<subject>\d+)[Aa](?P<age>\d+)(?P<letter>[a-zA-Z]?)"
-    r"_(?P<gender>\d+)_(?P<expression>\d+))"
+    rf"^(?P<photo>{_FGNET_STEM}_(?P<gender>\d+)_(?P<expression>\d+))"
     r"(?:\s*\((?P<copy>\d+)\))?$"
 )
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+# Every place that reads photos takes what PIL reads.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +102,20 @@ def parse_filename(name: str) -> Labels:
         photo=match["photo"].upper(),
         letter=match["letter"].lower(),
     )
+
+
+def parse_fgnet_stem(stem: str) -> tuple[int, int, str]:
+    """(person, age, letter) of an FG-NET photo name without extension: ``001A43a`` ->
+    ``(1, 43, "a")``; the letter is ``""`` when there is none, lower case otherwise.
+
+    Raises:
+      ValueError: naming ``stem`` and FG-NET's pattern.
+    """
+    match = _FGNET_NAME.match(stem)
+    if match is None:
+        raise ValueError(f"{stem!r}: not an FG-NET photo name NNNAxx[l] (person, 'A', age, "
+                         "an optional letter), such as 001A02 or 001A43a")
+    return int(match["subject"]), int(match["age"]), match["letter"].lower()
 
 
 def photo_stem(subject_id: int, age: int, gender: int, expression: int, letter: str = "") -> str:

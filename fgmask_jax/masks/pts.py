@@ -16,6 +16,8 @@ import os
 
 import numpy as np
 
+from fgmask_jax import errors
+
 N_POINTS = 68
 
 
@@ -31,8 +33,9 @@ def read_pts(path: str | os.PathLike) -> np.ndarray:
 
     Raises:
       FileNotFoundError: the file does not exist.
-      ValueError: naming the file, when it is malformed (no ``n_points`` header, no
-        ``{ ... }`` block, a line that is not two numbers) or holds other than 68 points.
+      errors.DataError: (a ValueError) naming the file, when it is malformed (no
+        ``n_points`` header, no ``{ ... }`` block, a line that is not two numbers) or holds
+        other than 68 points.
     """
     name = os.fspath(path)
     with open(name, "rb") as f:
@@ -48,16 +51,18 @@ def parse_pts(data: bytes, name: str) -> np.ndarray:
     opening = next((i for i, (_, line) in enumerate(lines) if line == "{"), None)
     closing = next((i for i, (_, line) in enumerate(lines) if line == "}"), None)
     if opening is None or closing is None or closing < opening:
-        raise ValueError(
+        raise errors.DataError(
             f"{name}: not a .pts file: expected a header, then the points between a line "
             "'{' and a line '}'"
         )
     declared = _declared_points(name, lines[:opening])
     points = [_parse_point(name, number, line) for number, line in lines[opening + 1 : closing]]
     if len(points) != declared:
-        raise ValueError(f"{name}: declares n_points: {declared} but holds {len(points)} points")
+        raise errors.DataError(
+            f"{name}: declares n_points: {declared} but holds {len(points)} points"
+        )
     if declared != N_POINTS:
-        raise ValueError(
+        raise errors.DataError(
             f"{name}: holds {declared} points; masks need the {N_POINTS} iBUG-68 landmarks "
             "of FG-NET's .pts files"
         )
@@ -72,10 +77,10 @@ def _declared_points(name: str, header: list[tuple[int, str]]) -> int:
             try:
                 return int(value)
             except ValueError:
-                raise ValueError(
+                raise errors.DataError(
                     f"{name}:{number}: n_points must be an integer, got {value.strip()!r}"
                 ) from None
-    raise ValueError(f"{name}: no 'n_points:' line before the '{{' that opens the points")
+    raise errors.DataError(f"{name}: no 'n_points:' line before the '{{' that opens the points")
 
 
 def _parse_point(name: str, number: int, line: str) -> tuple[float, float]:
@@ -86,4 +91,6 @@ def _parse_point(name: str, number: int, line: str) -> tuple[float, float]:
             raise ValueError
         return float(fields[0]), float(fields[1])
     except ValueError:
-        raise ValueError(f"{name}:{number}: expected two numbers 'x y', got {line!r}") from None
+        raise errors.DataError(
+            f"{name}:{number}: expected two numbers 'x y', got {line!r}"
+        ) from None

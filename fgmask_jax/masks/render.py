@@ -5,7 +5,8 @@ over the nose and mouth: its top edge crosses the nose between landmarks 28 and 
 out to the cheeks, its lower edge follows the jaw (landmarks 1..15) a little outside it and
 under the chin. Four kinds: ``surgical`` (horizontal pleats, ear loops), ``n95`` (a rounded
 cup with radial shading and head straps), ``kn95`` (a vertical fold along the nose-chin line,
-welded rim, ear loops) and ``cloth`` (a printed pattern: dots, stripes or checks).
+welded rim, ear loops) and ``cloth`` (a printed pattern: dots, stripes or checks); their
+shading and prints are drawn by ``texture.py``.
 
 The mask takes its light from the face it covers: its colour is multiplied by the smoothed
 luminance of the covered region relative to that region's mean, so a face lit from the left
@@ -21,10 +22,11 @@ towards the chin, both in pixels. Tilted faces get tilted masks.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import cv2
 import numpy as np
+
+from fgmask_jax.masks.texture import LUMA, kind_texture
 
 MASK_KINDS = ("surgical", "n95", "kn95", "cloth")
 
@@ -61,14 +63,10 @@ MASK_COLORS: dict[str, tuple[tuple[int, int, int], ...]] = {
     ),
 }
 
-CLOTH_PATTERNS = ("dots", "stripes", "checks")
-
 # Top-edge profile exponent per kind: 1 is a pointed tent over the nose (KN95's fold),
 # 2 a rounded arch (N95's cup).
 _TOP_EDGE_POWER = {"surgical": 1.6, "n95": 2.0, "kn95": 1.1, "cloth": 1.7}
 _SUBPIXEL_BITS = 4  # cv2 drawing with 1/16 pixel precision
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-_F32 = np.float32  # arrays stay float32: half the memory traffic of float64
 
 
 class LandmarkError(ValueError):
@@ -155,7 +153,7 @@ def render_mask(
     body = _fill(outline - origin, region.shape[:2])
     light = _face_light(region, body, sigma=0.1 * frame.width)
     s, t = _frame_grid(frame, x0, y0, region.shape[:2])
-    shade, paint = _kind_texture(
+    shade, paint = kind_texture(
         kind, s, t, shape, body, frame.width, np.asarray(rgb, np.float32), rng
     )
     grain = 1.0 + 0.025 * rng.standard_normal(region.shape[:2], dtype=np.float32)
@@ -395,7 +393,7 @@ def _face_light(region: np.ndarray, body: np.ndarray, sigma: float) -> np.ndarra
     A weighted blur (the mask's coverage, plus a little everywhere so that loops outside the
     mask get light too) keeps the background beside the jaw from bleeding in.
     """
-    luma = region @ _LUMA
+    luma = region @ LUMA
     weight = body + 0.05
     smooth = _blur(luma * weight, sigma) / _blur(weight, sigma)
     mean = float((luma * body).sum() / max(body.sum(), 1e-6))
@@ -422,93 +420,3 @@ def _frame_grid(frame: _Frame, x0: int, y0: int, hw: tuple[int, int]):
     s = x * np.float32(frame.s_axis[0]) + y * np.float32(frame.s_axis[1])
     t = x * np.float32(frame.t_axis[0]) + y * np.float32(frame.t_axis[1])
     return s, t
-
-
-def _kind_texture(kind, s, t, shape: _Shape, body, face_width, rgb, rng):
-    """The kind's look: shade float32[h, w] (about 1) and paint float32[h, w, 3] (RGB).
-
-    ``s, t``: float32[h, w] frame coordinates of the pixels; ``body``: float32[h, w] coverage.
-    """
-    half_width = np.where(s < 0, np.float32(-shape.s_right), np.float32(shape.s_left))
-    across = s / half_width  # -1 at the face's right side of the mask, +1 at its left
-    down = t / shape.t_bottom  # 0 at the nose, 1 under the chin
-    # Inside distance to the outline, in pixels: rims, seams and bindings.
-    rim = cv2.distanceTransform((body > 0.5).astype(np.uint8), cv2.DIST_L2, 3)
-    # The mask wraps round the face: its sides turn away from the viewer.
-    shade = 1.0 - 0.18 * np.abs(across) ** 3
-    paint = np.broadcast_to(rgb, (*s.shape, 3))
-    if kind == "surgical":
-        shade *= _pleats(down, rng) * np.where(rim < 0.035 * face_width, _F32(0.93), _F32(1))
-    elif kind == "n95":
-        shade *= _cup(s, t, shape, rim, face_width)
-    elif kind == "kn95":
-        shade *= _fold(s, t, shape, rim, face_width)
-    else:
-        paint = _cloth_print(s, t, rgb, face_width, rng)
-        shade *= np.where(rim < 0.03 * face_width, _F32(0.88), _F32(1))  # the hem
-    return shade.astype(np.float32), paint
-
-
-def _pleats(down: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Three horizontal pleats: a shadow under each fold, a highlight above it."""
-    count = 3
-    start = 0.22 + rng.uniform(-0.03, 0.03)
-    phase = (down - start) / 0.62 * count
-    inside = (phase > 0) & (phase < count)
-    frac = phase - np.floor(phase)
-    fold = 1.0 - 0.2 * np.exp(-((frac / 0.14) ** 2)) + 0.08 * np.exp(-(((1 - frac) / 0.12) ** 2))
-    return np.where(inside, fold, 1.0)
-
-
-def _cup(s, t, shape: _Shape, rim, face_width) -> np.ndarray:
-    """An N95 cup: bright centre falling off radially, a moulded seam inside the rim."""
-    centre_s = 0.5 * (shape.s_right + shape.s_left)
-    radius_s = 0.5 * (shape.s_left - shape.s_right)
-    r2 = ((s - centre_s) / radius_s) ** 2 + (
-        (t - 0.5 * shape.t_bottom) / (0.5 * shape.t_bottom)
-    ) ** 2
-    seam_at = 0.06 * face_width
-    seam = 0.16 * np.exp(-(((rim - seam_at) / max(0.6, 0.012 * face_width)) ** 2))
-    nose_clip = (np.abs(s) < 0.18 * face_width) & (t < 0.07 * shape.t_bottom + 1.5)
-    return (1.12 - 0.32 * r2 - seam) * np.where(nose_clip, _F32(0.82), _F32(1))
-
-
-def _fold(s, t, shape: _Shape, rim, face_width) -> np.ndarray:
-    """A KN95: two panels meeting in a ridge along the nose-chin line, a welded rim."""
-    # The fold runs from the nose (s = 0) to the chin, so it follows a turned head.
-    ridge_s = float(shape.chin[0]) * np.clip(t / float(shape.chin[1]), 0.0, 1.0)
-    offset = s - ridge_s
-    half = 0.5 * (shape.s_left - shape.s_right)
-    line = max(0.6, 0.01 * face_width)  # the seam stays visible on small faces
-    panels = 1.0 - 0.16 * np.abs(offset / half) ** 1.5
-    ridge = 0.14 * np.exp(-((offset / (3.5 * line)) ** 2)) - 0.22 * np.exp(-((offset / line) ** 2))
-    shade = panels + ridge
-    # The welded rim: a band of embossed dots, computed only where the band is.
-    weld = rim < 0.045 * face_width
-    shade[weld] *= 0.9 + 0.06 * (np.sin(1.9 * s[weld]) * np.sin(1.9 * t[weld]) > 0)
-    return shade
-
-
-def _cloth_print(s, t, rgb: np.ndarray, face_width, rng) -> np.ndarray:
-    """A printed fabric: float32[h, w, 3] paint with dots, stripes or checks (chosen by rng)."""
-    pattern = CLOTH_PATTERNS[int(rng.integers(len(CLOTH_PATTERNS)))]
-    period = face_width * rng.uniform(0.09, 0.14)
-    u = s / period + rng.uniform(0, 1)
-    v = t / period + rng.uniform(0, 1)
-    if pattern == "dots":
-        u = u + 0.5 * (np.floor(v) % 2)  # staggered rows
-        distance = np.hypot(u - np.floor(u) - 0.5, v - np.floor(v) - 0.5) * period
-        ink = np.clip(0.28 * period - distance + 0.5, 0.0, 1.0)
-    elif pattern == "stripes":
-        angle = float(rng.choice([0.0, math.pi / 4, -math.pi / 4]))
-        ink = _stripe(u * math.sin(angle) + v * math.cos(angle), period)
-    else:
-        ink = 0.5 * (_stripe(u, period) + _stripe(v, period))
-    # Light cloth gets a dark print, dark cloth a light one.
-    ink_rgb = 0.45 * rgb if rgb @ _LUMA > 128 else rgb + 0.6 * (245.0 - rgb)
-    return rgb + ink[..., None] * (ink_rgb - rgb)
-
-
-def _stripe(q: np.ndarray, period: float) -> np.ndarray:
-    """Anti-aliased bands, half of each period wide: coverage float32 of a phase array."""
-    return np.clip((0.25 - np.abs(q - np.floor(q) - 0.5)) * period + 0.5, 0.0, 1.0)

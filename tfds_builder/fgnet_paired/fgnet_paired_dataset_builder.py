@@ -2,11 +2,11 @@
 
 FGNET-MASK holds only masked faces, so it cannot say what the mask costs. This data set
 pairs every FG-NET photo (the unmasked "twin") with 3 or 4 masked copies of it, drawn
-from the photo's 68 landmarks (FG-NET's ``.pts`` files) by ``fgmask_jax.masks.apply``'s
-renderer and seeds: the copies of a photo are those of ``python -m fgmask_jax.masks.apply
---kinds=surgical,n95,kn95,cloth --copies=4 --seed=0``, of which each photo keeps its
-first 3 or 4 (drawn by its name; 3.4 a photo on average, as in FGNET-MASK). These are
-this project's masks, not FGNET-MASK's.
+from the photo's 68 landmarks (FG-NET's ``.pts`` files) by ``fgmask_jax.masks.copies``,
+the renderer and seeds of ``python -m fgmask_jax.masks.apply``: the copies of a photo are
+those of ``masks.apply --kinds=surgical,n95,kn95,cloth --copies=4 --seed=0``, of which
+each photo keeps its first 3 or 4 (drawn by its name; 3.4 a photo on average, as in
+FGNET-MASK). These are this project's masks, not FGNET-MASK's.
 
 FG-NET's names carry person and age only; gender and expression come from FGNET-MASK's
 names (``NNNAxx_GG_EE``), matched on person, age and FG-NET's letter (``001A43a``), or on
@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.masks import MASK_KINDS, LandmarkError, parse_pts
-from fgmask_jax.masks import apply as apply_lib
+from fgmask_jax.masks.copies import masked_copies
 from fgmask_jax.tfds_builder.fgnet_mask import fgnet_mask_dataset_builder as fgnet_mask
 
 FGNET_ARCHIVE = "FGNET.zip"
@@ -146,7 +146,7 @@ def scan_fgnet(source) -> tuple[list[Photo], list[str]]:
     for key in sorted(images):
         stem = os.path.splitext(images[key].replace("\\", "/").rsplit("/", 1)[-1])[0]
         try:
-            subject, age, letter = apply_lib.parse_fgnet_stem(stem)
+            subject, age, letter = labels_lib.parse_fgnet_stem(stem)
         except ValueError as e:
             problems.append(f"{images[key]}: {e}")
             continue
@@ -175,7 +175,7 @@ def read_label_table(path: epath.Path) -> dict[str, tuple[int, int]]:
             continue
         try:
             photo, gender, expression = (c.strip() for c in row)
-            apply_lib.parse_fgnet_stem(photo)
+            labels_lib.parse_fgnet_stem(photo)
             value = (labels_lib.GENDERS.index(gender.lower()),
                      labels_lib.EXPRESSIONS.index(expression.lower()))
         except ValueError:
@@ -255,8 +255,7 @@ def render(photo: Photo, image_data: bytes, points: np.ndarray) -> list[dict]:
     with Image.open(io.BytesIO(image_data)) as image:
         # Not turned by EXIF: .pts coordinates are those of the pixels as stored.
         rgb = np.asarray(image.convert("RGB"))
-    copies, bad = apply_lib.masked_copies(rgb, [points], photo.image, KINDS,
-                                          num_copies(photo.stem), SEED)
+    copies, bad = masked_copies(rgb, [points], photo.image, KINDS, num_copies(photo.stem), SEED)
     if bad:
         raise LandmarkError(bad[0])
     shared = {"age": photo.age, "age_group": labels_lib.age_group(photo.age),
