@@ -16,6 +16,7 @@ from safetensors.numpy import save_file
 from fgmask_jax import models
 from fgmask_jax.models import pretrained
 from fgmask_jax.models.pretrained import WeightsError
+from fgmask_jax.train import optim
 
 TASKS = {"age_group": 4, "gender": 2}
 
@@ -305,17 +306,17 @@ def test_export_of_full_model_variables(tmp_path):
 
 def test_freeze_mask_of_a_resnet():
     params = model_variables("resnet18")["params"]
-    mask = pretrained.freeze_mask(params, "resnet18", "stem, layer2")
+    mask = optim.freeze_mask(params, "resnet18", "stem, layer2")
     assert jax.tree.structure(mask) == jax.tree.structure(params)
     trunk = mask["trunk"]
     frozen = {m for m, sub in trunk.items() if all(jax.tree.leaves(sub))}
     assert frozen == {"conv1", "bn1", "layer2_0", "layer2_1"}
     assert not any(jax.tree.leaves({m: s for m, s in trunk.items() if m not in frozen}))
     assert not any(jax.tree.leaves(mask["heads"]))
-    assert not any(jax.tree.leaves(pretrained.freeze_mask(params, "resnet18", "")))
-    assert all(jax.tree.leaves(pretrained.freeze_mask(params, "resnet18", "trunk")["trunk"]))
+    assert not any(jax.tree.leaves(optim.freeze_mask(params, "resnet18", "")))
+    assert all(jax.tree.leaves(optim.freeze_mask(params, "resnet18", "trunk")["trunk"]))
     stats = model_variables("resnet18")["batch_stats"]
-    stats_mask = pretrained.freeze_mask(stats, "resnet18", "layer4")
+    stats_mask = optim.freeze_mask(stats, "resnet18", "layer4")
     assert stats_mask["trunk"]["layer4_1"]["bn2"] == {"mean": True, "var": True}
     assert stats_mask["trunk"]["bn1"] == {"mean": False, "var": False}
 
@@ -326,10 +327,10 @@ def test_freeze_mask_of_vgg16_and_the_study_cnn():
             jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
         )
     )["params"]
-    mask = pretrained.freeze_mask(params, "vgg16", "block1,block5,fc6")
+    mask = optim.freeze_mask(params, "vgg16", "block1,block5,fc6")
     frozen = sorted(m for m, sub in mask["trunk"].items() if all(jax.tree.leaves(sub)))
     assert frozen == ["conv1_1", "conv1_2", "conv5_1", "conv5_2", "conv5_3", "fc6"]
-    assert pretrained.frozen_parts("cnn", "conv2,conv1") == ("conv1", "conv2")
+    assert models.frozen_parts("cnn", "conv2,conv1") == ("conv1", "conv2")
 
 
 @pytest.mark.parametrize(
@@ -342,7 +343,7 @@ def test_freeze_mask_of_vgg16_and_the_study_cnn():
 )
 def test_an_unknown_part_lists_the_valid_ones(model, freeze, valid):
     with pytest.raises(ValueError, match=f"not a part of {model}; its parts are {valid} "):
-        pretrained.frozen_parts(model, freeze)
+        models.frozen_parts(model, freeze)
 
 
 # ---------------------------------------------------------------- against torchvision

@@ -8,11 +8,13 @@
 Parameters are {"trunk": ..., "heads": {task: ...}}; ResNets add "batch_stats".
 """
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fgmask_jax.models import vgg as vgg_lib
 from fgmask_jax.models.cnn import SmallCNN
 from fgmask_jax.models.heads import MultiTaskModel, TaskHead, TaskHeads
 from fgmask_jax.models.layers import Conv, conv_as_matmul
@@ -54,6 +56,9 @@ __all__ = [
     "conv_as_matmul",
     "create_model",
     "create_trunk",
+    "frozen_parts",
+    "part_of",
+    "trunk_parts",
 ]
 
 
@@ -65,7 +70,7 @@ def create_trunk(name: str, *, dtype: jnp.dtype = jnp.float32,
     "vgg16" its fc7 float[B, 4096], "cnn" its three levels (float[B, 10],
     float[B, 20], float[B, 30]). Call with `train=`; ResNets keep "batch_stats".
 
-    ``frozen``: ResNet parts (see `pretrained.trunk_parts`) whose BatchNorm layers keep
+    ``frozen``: ResNet parts (see `trunk_parts`) whose BatchNorm layers keep
     their running statistics while training; other trunks have no BatchNorm.
 
     Raises:
@@ -139,3 +144,48 @@ def create_model(
         head_levels=head_levels,
         dtype=dtype,
     )
+
+
+# --- a trunk's named parts: what config.freeze names (train/optim freezes them)
+
+
+def trunk_parts(model: str) -> tuple[str, ...]:
+    """The part names `freeze` may use for `model`, in input-to-output order."""
+    trunk = create_trunk(model)
+    if isinstance(trunk, ResNet):
+        return ("stem", *(f"layer{i + 1}" for i in range(len(trunk.stage_sizes))))
+    if model == "vgg16":
+        return (*(f"block{b + 1}" for b in range(len(vgg_lib.BLOCKS))), "fc6", "fc7")
+    if model == "cnn":
+        return tuple(f"conv{i + 1}" for i in range(3))
+    raise ValueError(f"no trunk parts defined for model {model!r}")
+
+
+def part_of(model: str, module: str) -> str:
+    """The part a top-level trunk module belongs to (ResNet's conv1/bn1 -> stem, ...)."""
+    if module in ("conv1", "bn1") and model != "cnn":
+        return "stem"
+    if m := re.fullmatch(r"(layer\d+)_\d+", module):
+        return m[1]
+    if m := re.fullmatch(r"conv(\d+)_\d+", module):
+        return f"block{m[1]}"
+    return module  # fc6, fc7, the CNN's conv1..conv3
+
+
+def frozen_parts(model: str, freeze: str) -> tuple[str, ...]:
+    """The parts named in `freeze` ("stem,layer1"; "" for none; "trunk" for all), validated.
+
+    Raises:
+      ValueError: a part `model` does not have, listing those it has.
+    """
+    valid = trunk_parts(model)
+    names = [p.strip() for p in freeze.split(",") if p.strip()]
+    unknown = [p for p in names if p not in valid and p != "trunk"]
+    if unknown:
+        raise ValueError(
+            f"freeze names {', '.join(map(repr, unknown))}, not a part of {model}; "
+            f"its parts are {', '.join(valid)} (or 'trunk' for all)"
+        )
+    if "trunk" in names:
+        return valid
+    return tuple(p for p in valid if p in names)
