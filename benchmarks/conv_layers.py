@@ -27,7 +27,7 @@ import numpy as np
 from absl import app, flags
 from flax import linen as nn
 
-from fgmask_jax import config_lib, models, train
+from fgmask_jax import config_lib, models, runs
 
 _MODEL = flags.DEFINE_string("model", "resnet18", "cnn, resnet18/34/50/101/152 or vgg16.")
 _SIZE = flags.DEFINE_integer("size", 112, "Input side in pixels.")
@@ -45,7 +45,7 @@ def conv_shapes(model_name: str, size: int) -> collections.Counter[Shape]:
     config = config_lib.neural_config(f"model={model_name},size={size}",
                                       tasks=("age_group", "gender", "expression"))
     config.dtype = "float32"
-    model = train.make_model(config)
+    model = runs.make_model(config)
     x = jnp.zeros((1, size, size, 3), jnp.float32)
     shapes: collections.Counter[Shape] = collections.Counter()
 

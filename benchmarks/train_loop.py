@@ -27,8 +27,9 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from fgmask_jax import config_lib, study, train
+from fgmask_jax import config_lib, runs, train
 from fgmask_jax.data import pipeline
+from fgmask_jax.experiments import study
 
 _CONFIG = flags.DEFINE_string("config", "configs/multitask.py:data=synthetic,runlocal",
                               "A config file with variants, as --config= of fgmask_jax.main.")
@@ -50,7 +51,7 @@ def step_alone(config) -> float:
     """Images/s of the jitted train step on one device-resident batch of real images."""
     steps_per_epoch = 100
     tx, _ = train.make_optimizer(config, steps_per_epoch, steps_per_epoch * 10)
-    steps = train.Steps(train.make_model(config), tx, config, train.make_mesh())
+    steps = train.Steps(runs.make_model(config), tx, config, train.make_mesh())
     state = steps.init(jax.random.key(config.seed))
     source = pipeline.open_split(config.dataset, "train", pipeline.data_dir(config))
     batch = pipeline.load_all(source, np.arange(config.batch_size), config.image_size)

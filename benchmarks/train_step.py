@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from fgmask_jax import config_lib, train
+from fgmask_jax import config_lib, runs, train
 
 _MODELS = flags.DEFINE_list("models", ["cnn", "resnet18", "resnet50", "resnet152"], "Models.")
 _SIZES = flags.DEFINE_list("sizes", ["64", "112"], "Input sides in pixels.")
@@ -46,7 +46,7 @@ def time_jax(model: str, size: int, batch: int) -> float:
     c.batch_size, c.dtype, c.warmup_epochs = batch, _DTYPE.value, 0.0
     c.augment.update(flip=False, min_scale=1.0, color_jitter=0.0)
     tx, _ = train.make_optimizer(c, steps_per_epoch=100, total_steps=1000)
-    steps = train.Steps(train.make_model(c), tx, c, train.make_mesh())
+    steps = train.Steps(runs.make_model(c), tx, c, train.make_mesh())
     state = steps.init(jax.random.key(0))
     data = jax.device_put(random_batch(batch, size), steps.data)
     for _ in range(2):

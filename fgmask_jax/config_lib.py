@@ -20,6 +20,10 @@ from fgmask_jax.errors import ConfigError
 
 DATASETS = {"fgnet_mask": "fgnet_mask", "synthetic": "synthetic_masked_faces",
             "synthetic_paired": "synthetic_masked_faces/paired", "fgnet_paired": "fgnet_paired"}
+# The TFDS datasets this project builds (`data.build`), and the data with an unmasked twin
+# of every masked photo (mask_gap).
+TFDS_NAMES = tuple(sorted({name.split("/", 1)[0] for name in DATASETS.values()}))
+PAIRED_DATA = ("synthetic_paired", "fgnet_paired")
 PROTOCOLS = ("study", "subject", "photo", "lopo")
 OPTIMIZERS = ("sgd", "adamw")
 RECIPES = ("default", "study")
@@ -106,7 +110,7 @@ def neural_config(arg: str | None, *, tasks: tuple[str, ...], model: str = "resn
     c.lopo_folds = 10
     c.image_size = v.size
     # None (auto): decode the training and validation images once and keep them on every
-    # device when they fit (train.data_placement decides and logs it); True/False forces.
+    # device when they fit (pipeline.placement decides and the run logs it); True/False forces.
     c.data_on_device = config_dict.placeholder(bool)
     # grain decoding processes when the data stays on the host; None (auto): sized to the
     # machine's cores; 0 decodes in the main process.
@@ -195,7 +199,7 @@ def _study_recipe(c: ml_collections.ConfigDict, model: str) -> None:
 
     Keras ResNet152V2 with layers 0-136 frozen is, at our stage granularity, the
     stem, layer1 and layer2 frozen (layer 136 falls in the first block of Keras's
-    conv4 stack, our layer3; counted in models/pretrained.py). Then a 1024-unit
+    conv4 stack, our layer3; counted in train/optim.py). Then a 1024-unit
     ReLU layer per head, loss weights 1 / 0.1 / 0.1 (age, gender, expression),
     Adam at a constant 1e-3 with gradients clipped to norm 1 (Keras's clipnorm
     clips each tensor; we clip the global norm), batch 64, up to 80 epochs with
@@ -272,7 +276,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check("optimizer", OPTIMIZERS)
     check("early_stopping_metric", SELECTION_METRICS)
     check("lr_schedule", LR_SCHEDULES)
-    from fgmask_jax.models import pretrained  # imports JAX: only once a run starts
+    from fgmask_jax import models  # imports JAX: only once a run starts
+    from fgmask_jax.models import pretrained
 
     if config.pretrained:
         if config.model not in pretrained.ARCHITECTURES:
@@ -283,7 +288,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.pretrained={config.pretrained!r}: no such file (a "
                               "torchvision .safetensors or .pth file, downloaded once)")
     try:
-        pretrained.frozen_parts(config.model, config.freeze)
+        models.frozen_parts(config.model, config.freeze)
     except ValueError as e:
         raise ConfigError(f"config.freeze={config.freeze!r}: {e}") from None
     if (config.get("workers") or 0) < 0:

@@ -26,8 +26,9 @@ class WeightsError(UserError, ValueError):
     """A weights file that cannot be mapped onto the asked trunk, exactly."""
 
 
-class RunNotFoundError(UserError, FileNotFoundError):
-    """A workdir, fold or export folder that holds no finished run."""
+class RunNotFoundError(UserError, FileNotFoundError, ValueError):
+    """A workdir, fold or export folder that holds no run usable as asked (no config or
+    best checkpoint, a classical method's run, a leave-persons-out run without a fold)."""
 
 
 class RunStopped(Exception):

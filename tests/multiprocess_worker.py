@@ -56,9 +56,9 @@ def global_batch(step: int) -> dict[str, np.ndarray]:
 
 
 def make_steps(config):
-    from fgmask_jax import train
+    from fgmask_jax import runs, train
 
-    model = train.make_model(config)
+    model = runs.make_model(config)
     tx, _ = train.make_optimizer(config, steps_per_epoch=10, total_steps=100)
     return train.Steps(model, tx, config, train.make_mesh())
 

@@ -80,9 +80,9 @@ def test_train_and_evaluate_writes_metrics_checkpoints_and_report(small_data_dir
     assert "| age_group | 15 |" in looks
     assert "share on the mask" in looks and "share above the mask" in looks  # from landmarks
     # The predictor applies the run's temperatures.
-    from fgmask_jax import predict
+    from fgmask_jax import runs
 
-    temperatures = predict.load_run(str(tmp_path))[2]["temperatures"]
+    temperatures = runs.load(str(tmp_path)).temperatures
     assert temperatures == {t: c["temperature"] for t, c in saved["calibration"].items()}
 
 
@@ -111,10 +111,10 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(small_data_dir, tmp_pa
 
             self.train = train_step
 
-    monkeypatch.setattr(train, "Steps", PreemptedSteps)
+    monkeypatch.setattr(train.fit, "Steps", PreemptedSteps)
     with pytest.raises(_Preempted):
         train.train_and_evaluate(config, str(tmp_path / "split"))
-    monkeypatch.setattr(train, "Steps", real_steps)
+    monkeypatch.setattr(train.fit, "Steps", real_steps)
     assert final_state(tmp_path / "split")[0] == 3
     resumed = train.train_and_evaluate(config, str(tmp_path / "split"))
 
@@ -178,7 +178,7 @@ def test_lopo_trains_one_model_per_fold_and_pools_every_image(small_data_dir, tm
         return real_fit_and_test(config, workdir, train_source, train_ix, test_source,
                                  test_ix, **kwargs)
 
-    monkeypatch.setattr(train, "fit_and_test", recording_fit_and_test)
+    monkeypatch.setattr(train.fit, "fit_and_test", recording_fit_and_test)
     results = train.train_and_evaluate(config, str(tmp_path))
 
     assert len(calls) == 3

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from fgmask_jax import config_lib, train
+from fgmask_jax import config_lib, runs, train
 
 TASKS = ("age_group", "gender", "expression")
 
@@ -29,7 +29,7 @@ def random_batch(n, size, seed=0):
 
 
 def one_step(config, devices):
-    model = train.make_model(config)
+    model = runs.make_model(config)
     tx, _ = train.make_optimizer(config, steps_per_epoch=10, total_steps=100)
     steps = train.Steps(model, tx, config, train.make_mesh(devices))
     state = steps.init(jax.random.key(0))
@@ -47,7 +47,7 @@ def test_four_devices_equal_one_device():
                  (params4, stats4), (params1, stats1))
     # The step did move the parameters.
     params0 = jax.device_get(train.Steps(
-        train.make_model(tiny_config()), train.make_optimizer(tiny_config(), 10, 100)[0],
+        runs.make_model(tiny_config()), train.make_optimizer(tiny_config(), 10, 100)[0],
         tiny_config(), train.make_mesh(jax.devices()[:1])).init(jax.random.key(0)).params)
     moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), params0, params1))
     assert max(moved) > 0
@@ -63,7 +63,7 @@ def test_uncertainty_weighting_learns_task_weights():
 
 def test_eval_step_masks_padding():
     config = tiny_config()
-    model = train.make_model(config)
+    model = runs.make_model(config)
     tx, _ = train.make_optimizer(config, 10, 100)
     steps = train.Steps(model, tx, config, train.make_mesh())
     state = steps.init(jax.random.key(0))

@@ -228,14 +228,27 @@ def eval_batches(
     The last batch is padded with masked rows (``batch['mask']`` False), so every
     process runs the same number of steps and no example is counted twice.
     """
-    rows = local_rows(global_batch)
-    n_batches = max(1, math.ceil(len(indices) / global_batch))
-    padded = np.full(n_batches * global_batch, -1, np.int64)
-    padded[: len(indices)] = indices
+    padded = pad_rows(np.asarray(indices, np.int64), global_batch, fill=-1)
     return (
-        grain.MapDataset.source(padded.reshape(n_batches, global_batch)[:, rows])
+        grain.MapDataset.source(padded.reshape(-1, global_batch)[:, local_rows(global_batch)])
         .map(_LoadBatch(source, image_size))
     )
+
+
+def pad_rows(array: np.ndarray, multiple: int, fill=None) -> np.ndarray:
+    """``array`` with rows appended up to the next positive multiple of ``multiple`` (at
+    least one batch), so that every batch has one shape and one compiled program serves
+    them all: rows of ``fill``, or copies of the last row when ``fill`` is None. Callers
+    drop or mask the padding."""
+    array = np.asarray(array)
+    pad = max(1, math.ceil(len(array) / multiple)) * multiple - len(array)
+    if not pad:
+        return array
+    if fill is None:
+        rows = np.repeat(array[-1:], pad, axis=0)
+    else:
+        rows = np.full((pad, *array.shape[1:]), fill, array.dtype)
+    return np.concatenate([array, rows])
 
 
 def iterate(

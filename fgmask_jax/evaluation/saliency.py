@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fgmask_jax.data import pipeline
+
 ApplyFn = Callable[[object, jax.Array], Mapping[str, jax.Array]]
 SCORES = ("logit", "log_prob")
 
@@ -364,10 +366,7 @@ def summarize(explain: Callable[[np.ndarray], Mapping[str, jax.Array]], images: 
     for start in range(0, n, batch_size):
         batch = images[start:start + batch_size]
         real = len(batch)
-        if real < batch_size:
-            pad = np.repeat(batch[-1:], batch_size - real, axis=0)
-            batch = np.concatenate([batch, pad])
-        for task, m in explain(batch).items():
+        for task, m in explain(pipeline.pad_rows(batch, batch_size)).items():
             per_task.setdefault(task, []).append(np.asarray(m)[:real])
     maps = {t: np.concatenate(ms) for t, ms in per_task.items()}
     regions = {name: np.asarray(r, bool) for name, r in (regions or {}).items()}

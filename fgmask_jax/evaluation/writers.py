@@ -49,6 +49,21 @@ def write_config(workdir: str, config) -> None:
             f.write(config.to_json_best_effort(indent=2))
 
 
+def read_json(path: str) -> dict:
+    """The JSON object in ``path``; {} if there is no such file."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_json(path: str, value) -> None:
+    """Writes ``value`` to ``path`` whole or not at all (a temporary file, then a rename)."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def write_predictions(path: str, subject_id, labels: dict, predictions: dict) -> None:
     """Saves per-image test outputs as .npz: ``subject_id``, ``label_<task>`` and
     ``pred_<task>`` (int64[N]), the file the study's person bootstrap reads."""

@@ -1,0 +1,239 @@
+"""One model, start to finish: split, build, start, train, test, report.
+
+`fit_and_test` is the run's story, one call a phase; each phase lives in its own
+module (`state`, `optim`, `steps`, `loop`, `evaluate`) or below it here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+from fgmask_jax import checkpointing, errors, runs
+from fgmask_jax.data import labels as labels_lib
+from fgmask_jax.data import pipeline, splits
+from fgmask_jax.evaluation import calibration as calibration_lib
+from fgmask_jax.evaluation import report as report_lib
+from fgmask_jax.evaluation import saliency as saliency_lib
+from fgmask_jax.evaluation import subgroups as subgroups_lib
+from fgmask_jax.evaluation import writers
+from fgmask_jax.train import evaluate as evaluate_lib
+from fgmask_jax.train import optim
+from fgmask_jax.train import state as state_lib
+from fgmask_jax.train.loop import Loop, Trained
+from fgmask_jax.train.steps import Steps, make_mesh
+
+
+def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
+                 train_indices: np.ndarray, test_source, test_indices: np.ndarray, *,
+                 mesh=None, test_name: str = "test split") -> dict:
+    """One model: trained on ``train_source[train_indices]`` (less a validation subset that
+    early-stops it), then tested once on ``test_source[test_indices]``.
+
+    Resumes from ``workdir``'s latest good checkpoint if there is one, else starts from
+    ``config.init_from`` if set, else from ``config.pretrained``'s trunk, else from
+    scratch. ``test_name`` says in the log and report what was tested. Returns
+    {"test": {task: summary}, "validation": {...}, "steps", "best_step", "calibration",
+    "subgroups", "timing"}.
+    """
+    began = time.perf_counter()
+    mesh = mesh or make_mesh()
+    writers.write_config(workdir, config)
+    if config.get("runlocal"):
+        logging.info("runlocal: a shrunk run for a laptop CPU (image_size=%d, %s epochs)",
+                     config.image_size, config.num_epochs)
+    fit, val = split_train(config, train_source, train_indices)
+    steps_per_epoch, total_steps = step_counts(config, len(fit))
+    logging.info("%s/%s: %d fit, %d val, %d test examples; %d steps of %d on %d devices",
+                 config.dataset, config.protocol, len(fit), len(val), len(test_indices),
+                 total_steps, config.batch_size, mesh.size)
+
+    model = runs.make_model(config)
+    tx, schedule = optim.make_optimizer(config, steps_per_epoch, total_steps)
+    steps = Steps(model, tx, config, mesh)
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                      config.keep_checkpoints)
+    best_ckpt = checkpointing.Checkpointer(os.path.join(workdir, "best"), 1)
+    state, meta = state_lib.start(steps, model, config, ckpt)
+    start = int(meta["step"])
+    # Best checkpoints after the resumed step belong to steps that are run again.
+    if dropped := best_ckpt.delete_after(start):
+        logging.info("Dropped best checkpoints of steps %s (after step %d, run again)",
+                     dropped, start)
+
+    writer = writers.MetricWriter(workdir)
+    loop = Loop(steps, config, ckpt=ckpt, best_ckpt=best_ckpt, writer=writer,
+                schedule=schedule, total_steps=total_steps,
+                eval_every=config.eval_every_steps or steps_per_epoch, began=began)
+    trained = loop.run(state, meta, train_source, fit, val)
+    # The test split is read once, by the best model on the validation subset.
+    state, tested_step = runs.restore_best(trained.state, trained.meta, best_ckpt, ckpt)
+    ckpt.close()
+    best_ckpt.close()
+    result, calibration = test(steps, state, trained, config, workdir, test_source,
+                               test_indices)
+    writer.write(int(trained.meta["step"]), evaluate_lib.flat(result["test"], "test"))
+    writer.close()
+    logging.info("Test metrics (%s, best validation model):\n%s", test_name,
+                 report_lib.format_table(result["test"]))
+    if jax.process_index() == 0:
+        write_results(workdir, result)
+        report(workdir, config, model, state, result, calibration, mesh=mesh,
+               test_name=test_name,
+               tested_step=tested_step, test_source=test_source, test_indices=test_indices)
+    return result
+
+
+def fit_val_indices(labels: dict[str, np.ndarray], config) -> tuple[np.ndarray, np.ndarray]:
+    """The training examples carved into fit and validation (by person under subject and
+    lopo): indices into ``labels``' arrays."""
+    if config.protocol in ("subject", "lopo"):
+        return splits.subject_split(labels["subject_id"], config.seed, config.val_fraction)
+    if config.protocol == "photo":  # copies of one photo on one side only
+        return splits.photo_split(labels["photo_id"], config.seed, config.val_fraction)
+    return splits.study_split(len(labels["subject_id"]), config.seed, config.val_fraction)
+
+
+def split_train(config, source, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, validation): ``indices`` into ``source`` carved by `fit_val_indices`."""
+    indices = np.asarray(indices)
+    labels = pipeline.read_labels(source)
+    fit, val = fit_val_indices({k: v[indices] for k, v in labels.items()}, config)
+    return indices[fit], indices[val]
+
+
+def step_counts(config, num_fit: int) -> tuple[int, int]:
+    """(steps per epoch, total steps) of a run of ``config`` on ``num_fit`` examples.
+
+    Raises:
+      ConfigError: ``num_fit`` examples make no batch of ``config.batch_size``.
+    """
+    steps_per_epoch = num_fit // config.batch_size
+    if steps_per_epoch == 0:
+        raise errors.ConfigError(
+            f"{num_fit} training examples make no batch of config.batch_size="
+            f"{config.batch_size}; set a smaller one (main: --config.batch_size=N; study, "
+            "mask_gap: --neural_override=batch_size=N)"
+        )
+    total = config.num_train_steps or int(math.ceil(config.num_epochs * steps_per_epoch))
+    return steps_per_epoch, int(total)
+
+
+def test(steps: Steps, state, trained: Trained, config, workdir: str, test_source,
+         test_indices) -> tuple[dict, dict]:
+    """(results, calibration): the best model on the test split (once) and again on the
+    validation subset: the metrics, a temperature per task fitted on validation and judged
+    on test, and the accuracy of each subgroup of test persons."""
+    test_metrics, test_out = evaluate_lib.evaluate(
+        steps, state, evaluate_lib.host_eval_batches(steps, test_source, test_indices, config,
+                                                     trained.workers),
+        config, os.path.join(workdir, "predictions.npz"), return_outputs=True)
+    validation, val_out = evaluate_lib.evaluate(steps, state, trained.val_batches(), config,
+                                                return_outputs=True)
+
+    def by_task(out, key):
+        return {t: out[f"{key}_{t}"] for t in config.tasks}
+
+    calibration = calibration_lib.calibrate_tasks(
+        by_task(val_out, "logits"), by_task(val_out, "label"),
+        by_task(test_out, "logits"), by_task(test_out, "label"))
+    test_ix = np.asarray(test_indices)
+    groups = {g: v[test_ix] for g, v in pipeline.read_labels(test_source).items()
+              if g in labels_lib.TASKS}
+    if (kinds := pipeline.read_mask_kinds(test_source)) is not None:
+        groups["mask_kind"] = kinds[test_ix]
+    subgroups = subgroups_lib.subgroup_accuracy(
+        by_task(test_out, "label"), by_task(test_out, "pred"), test_out["subject_id"], groups,
+        group_names=dict(labels_lib.TASKS), seed=config.seed)
+    return {"steps": int(trained.meta["step"]), "best_step": trained.meta["best_step"],
+            "test": test_metrics, "validation": validation,
+            "calibration": calibration_lib.scalars(calibration), "subgroups": subgroups,
+            "timing": trained.timing}, calibration
+
+
+def write_results(workdir: str, result: dict) -> None:
+    """``results.json``; predictions.npz is written first: a folder with results.json is a
+    finished run."""
+    with (epath.Path(workdir) / "results.json").open("w") as f:
+        json.dump({"best_step": result["best_step"], "steps": result["steps"],
+                   "test": result["test"], "validation": result["validation"],
+                   "calibration": result["calibration"], "subgroups": result["subgroups"],
+                   "timing": result["timing"]}, f, indent=1)
+
+
+def report(workdir: str, config, model, state, result: dict, calibration: dict, *, mesh,
+           test_name: str, tested_step: int, test_source, test_indices) -> None:
+    """``report.md`` and its figures: metrics, calibration, subgroups, saliency."""
+    steps, best = result["steps"], result["best_step"]
+    report_lib.write_report(
+        workdir,
+        f"{config.model} on {config.dataset}, protocol={config.protocol}",
+        {"test": result["test"], "validation": result["validation"]},
+        notes=[
+            f"tasks: {', '.join(config.tasks)}; image size {config.image_size}; "
+            f"batch {config.batch_size} on {mesh.size} devices; tested on the {test_name}",
+            start_note(config, state.params),
+            f"trained {steps} steps; best validation at step {best} "
+            f"({config.early_stopping_metric}); the test examples were read once, by the "
+            + ("model of that step" if tested_step == best else
+               f"model of step {tested_step} (the best one's checkpoint was lost)"),
+            "majority rate: the accuracy of always answering the most frequent true class",
+        ],
+    )
+    sections = [report_lib.calibration_section(workdir, calibration),
+                report_lib.subgroup_section(result["subgroups"])]
+    if config.get("saliency_images", 0) > 0:
+        sections.append(saliency_section(workdir, model, state, test_source, test_indices,
+                                         config))
+    report_lib.append_sections(workdir, sections)
+
+
+def saliency_section(workdir: str, model, state, source, indices, config) -> str:
+    """Grad-CAM of each task head over the first ``config.saliency_images`` test images, at
+    the last feature map of at least 4x4 (a ResNet's last map is 2x2 at 64 px): the report's
+    figure and the share of attribution on each image's mask, above it and elsewhere (from
+    the dataset's landmarks; without them, the upper and lower half of the image). Runs on
+    this process's devices only."""
+    indices = np.asarray(indices)[:config.saliency_images]
+    images = pipeline.load_all(source, indices, config.image_size)["image"]
+    variables = jax.device_get(state_lib.model_variables(state.params, state.batch_stats))
+    x = np.asarray(pipeline.normalize(images, jnp.float32))
+    h, w = images.shape[1:3]
+    if (on := pipeline.mask_regions(source, indices, config.image_size)) is not None:
+        top = np.where(on.any(2), np.arange(h), h).min(1)  # each mask's first row
+        above = np.arange(h)[None, :, None] < top[:, None, None]
+        regions = {"above the mask": np.broadcast_to(above, on.shape), "on the mask": on,
+                   "elsewhere": ~on & ~above}
+    else:
+        upper = saliency_lib.rows_above(h, w, h // 2)
+        regions = {"upper half": upper, "lower half (mask)": ~upper}
+    summary = saliency_lib.summarize_grad_cam(
+        model, variables, x, regions=regions,
+        batch_size=min(config.batch_size, len(x)), min_side=4)
+    return report_lib.saliency_section(workdir, images.mean(0), summary["maps"],
+                                       summary["shares"], method="Grad-CAM",
+                                       areas=summary["areas"])
+
+
+def start_note(config, params) -> str:
+    """Where the weights came from and what was trained, for the report."""
+    if config.get("init_from"):
+        start = f"started from the run {config.init_from}"
+    elif config.get("pretrained"):
+        start = (f"trunk started from the pretrained weights {config.pretrained}, "
+                 "heads from scratch")
+    else:
+        start = "trained from scratch"
+    frozen = (f"frozen: {config.freeze} ({optim.trained_and_frozen(params, config)})"
+              if config.get("freeze") else "nothing frozen")
+    rate = config.get("trunk_lr_multiplier", 1.0)
+    return f"{start}; {frozen}" + (f"; trunk learning rate x{rate:g}" if rate != 1.0 else "")

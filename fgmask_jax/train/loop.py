@@ -1,0 +1,235 @@
+"""The training loop: steps, logging, validation and early stopping, the checkpoint
+policy, and stopping on Ctrl-C or SIGTERM with the work saved.
+
+The host runs one step ahead of its checks: a step's loss is checked for finiteness
+after the next step is dispatched, so the device stays busy while the host waits.
+The best validation state is copied on the device and written to ``best/`` with the
+next checkpoint (on time, at the end, on early stopping or a signal), not when it
+happens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from fgmask_jax import checkpointing, signals
+from fgmask_jax.data import pipeline
+from fgmask_jax.evaluation import writers
+from fgmask_jax.train import evaluate as evaluate_lib
+from fgmask_jax.train.state import TrainState
+from fgmask_jax.train.steps import Steps
+
+
+@dataclasses.dataclass
+class Trained:
+    """What the loop leaves: the last state, its bookkeeping, timings, and the
+    validation batches and decoding workers the test phase reuses."""
+
+    state: TrainState
+    meta: dict
+    timing: dict
+    val_batches: Callable[[], Iterator]
+    workers: int
+
+
+def inputs(steps: Steps, config, source, fit: np.ndarray, val: np.ndarray, start: int):
+    """(training batches from step ``start`` on, a function giving the validation batches,
+    decoding workers): on the device when the images fit (`pipeline.placement`), else
+    decoded on the host by grain."""
+    on_device, workers, why = pipeline.placement(config, len(fit) + len(val))
+    if on_device:  # fit and validation images decoded once, replicated on every device
+        logging.info("data on device (%s): decoding %d images once", why, len(fit) + len(val))
+        data = jax.device_put(pipeline.load_all(source, np.concatenate([fit, val]),
+                                                config.image_size, workers), steps.replicated)
+        order = pipeline.batch_order(np.arange(len(fit)), global_batch=config.batch_size,
+                                     seed=config.seed)
+        batches = (steps.gather(data, jax.make_array_from_process_local_data(
+            steps.data, ix)) for ix in pipeline.iterate(order, start))
+        val_rows = np.arange(len(fit), len(fit) + len(val))
+        return batches, lambda: evaluate_lib.device_eval_batches(
+            steps, data, val_rows, config.batch_size), workers
+    logging.info("data on host (%s): grain with %d decoding processes", why, workers)
+    host = pipeline.train_batches(source, fit, global_batch=config.batch_size,
+                                  image_size=config.image_size, seed=config.seed)
+    batches = (pipeline.to_global(b, steps.data) for b in pipeline.iterate(host, start, workers))
+    return batches, lambda: evaluate_lib.host_eval_batches(steps, source, val, config,
+                                                           workers), workers
+
+
+class Loop:
+    """One run's loop from ``meta["step"]`` to ``total_steps``: `run` it once."""
+
+    def __init__(self, steps: Steps, config, *, ckpt: checkpointing.Checkpointer,
+                 best_ckpt: checkpointing.Checkpointer, writer: writers.MetricWriter,
+                 schedule: Callable, total_steps: int, eval_every: int, began: float):
+        self.steps, self.config = steps, config
+        self.ckpt, self.best_ckpt, self.writer = ckpt, best_ckpt, writer
+        self.schedule, self.total_steps, self.eval_every = schedule, total_steps, eval_every
+        self.began = began  # when the run started: the first step's time counts from it
+        self.stopped_early = False
+        self.best_state = None  # a device copy of the best validation state, not yet saved
+        self.last_save = time.monotonic()
+        self.first_step_s = self.loop_began = None
+        self.pending = None  # (step, metrics) of the step before: checked one step late
+
+    def run(self, state: TrainState, meta: dict, source, fit, val) -> Trained:
+        """Trains from ``state`` (at step ``meta["step"]``) on ``source[fit]``, validating on
+        ``source[val]``; returns what the test phase needs."""
+        start = int(meta["step"])
+        self.meta, self.t0, self.n0 = meta, time.perf_counter(), start
+        self.reached = self.saved = start  # the last step computed, the last one saved
+        # A single process finishes its step, saves and stops on Ctrl-C or SIGTERM (one that
+        # comes while the data loads stops it after the first step). Processes of a cluster
+        # could not agree on the step, so there a signal stops at once (saves in flight are
+        # still completed).
+        try:
+            with signals.deferred(enabled=jax.process_count() == 1) as self.stop:
+                batches, val_batches, workers = inputs(self.steps, self.config, source, fit,
+                                                       val, start)
+                for step in range(start + 1, self.total_steps + 1):
+                    state = self._step(state, next(batches), step, val_batches)
+                    if self.stop.signum is not None:
+                        self._stop(self.stop.signum, step)
+                    if self.stopped_early:
+                        break
+        except KeyboardInterrupt as e:  # a second signal, or one in a cluster
+            self.writer.close()
+            self._wait()
+            last = (f"the last checkpoint is step {self.saved}" if self.saved
+                    else "no checkpoint was written")
+            raise signals.Interrupted(signals.signum_of(e), stopped_message(
+                signals.signum_of(e), self.reached, self.total_steps,
+                f"{last} in {self.ckpt.directory}; rerun the same command to resume from it."
+            )) from e
+        except BaseException:
+            self.writer.close()
+            raise
+        finally:  # an interrupted run still completes the saves it started
+            self._wait()
+        return Trained(state, self.meta, self._timing(start), val_batches, workers)
+
+    def _step(self, state: TrainState, batch, step: int, val_batches) -> TrainState:
+        state, scalars = self.steps.train(state, batch)
+        self.reached = step
+        if self.first_step_s is None:  # data, initialisation and compilation
+            jax.block_until_ready(scalars)
+            self.loop_began = time.perf_counter()
+            self.first_step_s = self.loop_began - self.began
+            logging.info("first step done %.1fs after the run started", self.first_step_s)
+        if self.pending is not None:
+            check_finite(*self.pending, self.ckpt)
+        self.pending = (step, scalars)
+        last = step == self.total_steps
+        if step % self.config.log_every_steps == 0 or last:
+            self._log(step, scalars)
+        if step % self.eval_every == 0 or last:
+            self._validate(state, step, val_batches)
+        if (last or self.stopped_early or self.stop.signum is not None
+                or checkpoint_due(self.config, step, self.last_save, self.eval_every)):
+            self._save(state, step)
+        return state
+
+    def _log(self, step: int, scalars: dict) -> None:
+        check_finite(*self.pending, self.ckpt)
+        self.ckpt.check()
+        values = jax.device_get(scalars)
+        dt = time.perf_counter() - self.t0
+        rate = (step - self.n0) * self.config.batch_size / max(dt, 1e-9)
+        eta = (self.total_steps - step) * self.config.batch_size / max(rate, 1e-9)
+        logging.info("step %d/%d loss %.4f  %.1f img/s  ETA %.0fs", step, self.total_steps,
+                     values["loss"], rate, eta)
+        self.writer.write(step, {**{f"train/{k}": v for k, v in values.items()},
+                                 "train/learning_rate": self.schedule(step - 1),
+                                 "train/images_per_second": rate})
+        self.t0, self.n0 = time.perf_counter(), step
+
+    def _validate(self, state: TrainState, step: int, val_batches) -> None:
+        check_finite(*self.pending, self.ckpt)
+        meta, config = self.meta, self.config
+        results = evaluate_lib.evaluate(self.steps, state, val_batches(), config)
+        self.writer.write(step, evaluate_lib.flat(results, "val"))
+        score = evaluate_lib.selection_score(results, config.early_stopping_metric)
+        if meta["best_score"] is None or score > meta["best_score"]:
+            meta.update(best_score=score, best_step=step, bad_evals=0)
+            self.best_state = self.steps.copy(state)
+        else:
+            meta["bad_evals"] += 1
+        logging.info("step %d validation %s (best %.4f at step %s)", step,
+                     {t: round(r["accuracy"], 4) for t, r in results.items()},
+                     meta["best_score"], meta["best_step"])
+        patience = config.early_stopping_patience
+        if patience and meta["bad_evals"] >= patience:
+            logging.info("Early stop at step %d: no better validation %s in %d evaluations",
+                         step, config.early_stopping_metric, patience)
+            self.stopped_early = True
+
+    def _save(self, state: TrainState, step: int) -> None:
+        check_finite(*self.pending, self.ckpt)
+        if self.best_state is not None:
+            self.best_ckpt.save(self.meta["best_step"], self.best_state,
+                                {**self.meta, "step": self.meta["best_step"]})
+            self.best_state = None
+        self.meta["step"] = self.saved = step
+        self.ckpt.save(step, state, self.meta)
+        self.last_save = time.monotonic()
+
+    def _stop(self, signum: int, step: int) -> None:
+        self._wait()
+        raise signals.Interrupted(signum, stopped_message(
+            signum, step, self.total_steps, f"saved a checkpoint at step {step} in "
+            f"{self.ckpt.directory}; rerun the same command to resume from it."))
+
+    def _wait(self) -> None:
+        self.ckpt.wait()
+        self.best_ckpt.wait()
+
+    def _timing(self, start: int) -> dict:
+        timing = {"first_step_s": self.first_step_s}
+        if self.loop_began is not None and self.reached > start + 1:  # the steps after the first
+            seconds = time.perf_counter() - self.loop_began
+            rate = (self.reached - start - 1) * self.config.batch_size / seconds
+            timing.update(train_s=seconds, train_images_per_s=rate)
+            logging.info("trained %d steps in %.1fs after the first: %.1f img/s with "
+                         "validation and checkpoints", self.reached - start - 1, seconds, rate)
+        return timing
+
+
+def stopped_message(signum: int, step: int, total_steps: int, rest: str) -> str:
+    name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    return f"stopped by {name} at step {step} of {total_steps}; {rest}"
+
+
+def checkpoint_due(config, step: int, last_save: float, eval_every: int) -> bool:
+    """Whether ``step`` is a checkpoint step besides the last one: every
+    ``config.checkpoint_every_steps`` steps, or when 0, the first log or validation step
+    ``config.checkpoint_every_secs`` after the last save (every process agrees: process 0's
+    clock decides)."""
+    if config.checkpoint_every_steps:
+        return step % config.checkpoint_every_steps == 0
+    if step % config.log_every_steps and step % eval_every:
+        return False
+    due = time.monotonic() - last_save >= config.get("checkpoint_every_secs", 120.0)
+    if jax.process_count() > 1:
+        due = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+    return due
+
+
+def check_finite(step: int, scalars: dict, ckpt: checkpointing.Checkpointer) -> None:
+    """Stops the run if step ``step`` produced a non-finite loss or parameters."""
+    loss, l2_params = (float(v) for v in jax.device_get((scalars["loss"], scalars["l2_params"])))
+    if not (math.isfinite(loss) and math.isfinite(l2_params)):
+        ckpt.wait()
+        raise FloatingPointError(
+            f"non-finite loss ({loss}) at step {step}; the last good checkpoint is step "
+            f"{ckpt.latest_step()} in {ckpt.directory}. Lower config.learning_rate or set "
+            "config.clip_norm, then rerun the same command to resume from it."
+        )

@@ -1,0 +1,130 @@
+"""The train state, and where a run starts: its own latest checkpoint, another run's
+weights (``config.init_from``), a pretrained trunk (``config.pretrained``) or scratch."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from fgmask_jax import checkpointing, errors, runs
+from fgmask_jax.models import pretrained
+from fgmask_jax.train import optim
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes: one pytree."""
+
+    step: jax.Array
+    params: Any  # {"model": model params, "log_vars": {task: scalar}}
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def model_variables(params, batch_stats) -> dict:
+    """``model.apply``'s variables from the state's ``params`` and ``batch_stats``."""
+    v = {"params": params["model"]}
+    if batch_stats:
+        v["batch_stats"] = batch_stats
+    return v
+
+
+def init_state(model, tx, config, rng: jax.Array) -> TrainState:
+    params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
+    x = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+    variables = model.init({"params": params_rng, "dropout": dropout_rng}, x, train=False)
+    params = {
+        "model": variables["params"],
+        "log_vars": {t: jnp.zeros((), jnp.float32) for t in config.tasks},
+    }
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        rng=state_rng,
+    )
+
+
+def start(steps, model, config, ckpt: checkpointing.Checkpointer) -> tuple[TrainState, dict]:
+    """(the state a run starts from, its bookkeeping ``meta``): ``ckpt``'s latest good
+    checkpoint, else ``config.init_from``, else ``config.pretrained``'s trunk, else the
+    initialisation of ``config.seed``."""
+    # A pretrained trunk is read (and checked) before anything compiles; a resumed run
+    # restores its own checkpoint instead.
+    trunk = None
+    if config.get("pretrained") and not ckpt.all_steps() and not config.init_from:
+        trunk = read_pretrained(config, model)
+    state = steps.init(jax.random.key(config.seed))
+    meta = {"step": 0, "best_score": None, "best_step": None, "bad_evals": 0}
+    restored = ckpt.restore_latest(checkpointing.abstract_like(state))
+    if restored is not None:
+        state, meta = restored
+        logging.info("Resumed from %s at step %d", ckpt.directory, meta["step"])
+    elif config.init_from:
+        state = with_run_weights(state, config.init_from)
+    elif trunk is not None:
+        state = with_trunk(state, trunk)
+    if config.get("freeze"):
+        logging.info("freeze=%s: %s", config.freeze, optim.trained_and_frozen(state.params, config))
+    return state, meta
+
+
+def with_run_weights(state: TrainState, path: str) -> TrainState:
+    """``state`` with the model weights of the run ``path`` whose names and shapes match;
+    the rest kept."""
+    other = runs.latest_checkpoint(path)
+
+    def merge(mine, theirs, what):
+        flat_mine = flax.traverse_util.flatten_dict(flax.core.unfreeze(mine))
+        flat_theirs = flax.traverse_util.flatten_dict(theirs or {})
+        taken = 0
+        for key, value in flat_mine.items():
+            other_value = flat_theirs.get(key)
+            if other_value is not None and np.shape(other_value) == value.shape:
+                flat_mine[key] = jax.device_put(
+                    np.asarray(other_value, value.dtype), value.sharding
+                )
+                taken += 1
+        logging.info("init_from %s: took %d of %d %s arrays", path, taken, len(flat_mine), what)
+        return flax.traverse_util.unflatten_dict(flat_mine)
+
+    return state.replace(
+        params={**state.params, "model": merge(state.params["model"],
+                                               other["params"]["model"], "param")},
+        batch_stats=merge(state.batch_stats, other.get("batch_stats"), "batch_stats"),
+    )
+
+
+def read_pretrained(config, model) -> dict:
+    """The trunk of the torchvision file ``config.pretrained``, checked against ``model``
+    (by shapes alone: nothing is compiled, so a wrong file fails at once)."""
+    x = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32)
+    key = jax.random.key(0)
+    abstract = jax.eval_shape(functools.partial(model.init, train=False),
+                              {"params": key, "dropout": key}, x)
+    try:
+        variables, description = pretrained.with_pretrained_trunk(
+            abstract, config.pretrained, config.model)
+    except errors.WeightsError as e:
+        raise errors.ConfigError(f"config.pretrained: {e}") from None
+    logging.info("pretrained: %s", description)
+    return {"params": variables["params"]["trunk"],
+            "batch_stats": variables.get("batch_stats", {}).get("trunk", {})}
+
+
+def with_trunk(state: TrainState, trunk: dict) -> TrainState:
+    """``state`` with ``trunk`` (from `read_pretrained`) in place of its trunk."""
+    put = functools.partial(jax.device_put, device=state.step.sharding)
+    params = {**state.params["model"], "trunk": put(trunk["params"])}
+    batch_stats = dict(state.batch_stats)
+    if trunk["batch_stats"]:
+        batch_stats["trunk"] = put(trunk["batch_stats"])
+    return state.replace(params={**state.params, "model": params}, batch_stats=batch_stats)

@@ -1,0 +1,135 @@
+"""The pure step functions of a run and their jitted forms over one device mesh.
+
+Data parallelism is one `jax.jit` over a mesh ``('data',)``: the batch is sharded
+along ``data``, the state replicated, and XLA all-reduces the gradients. That is
+what ``pmap`` did, in its current form; it spans every device of every host
+unchanged, and BatchNorm sees the global batch.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from fgmask_jax import runs
+from fgmask_jax.data import pipeline
+from fgmask_jax.train.state import TrainState, init_state, model_variables
+
+
+def task_losses(logits: dict, batch: dict, label_smoothing: float = 0.0) -> dict[str, jax.Array]:
+    """Per-example cross-entropy of each task: {task: float32[B]}."""
+    out = {}
+    for task, z in logits.items():
+        labels = optax.smooth_labels(jax.nn.one_hot(batch[task], z.shape[-1]), label_smoothing)
+        out[task] = optax.softmax_cross_entropy(z.astype(jnp.float32), labels)
+    return out
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, config) -> tuple[TrainState, dict]:
+    """One optimiser step on a global batch; returns the new state and scalar metrics."""
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    aug_rng, dropout_rng = jax.random.split(step_rng)
+    images = pipeline.augment(aug_rng, batch["image"], **config.augment)
+    x = pipeline.normalize(images, runs.compute_dtype(config))
+
+    def loss_fn(params):
+        logits, updates = model.apply(
+            model_variables(params, state.batch_stats), x, train=True,
+            mutable=["batch_stats"], rngs={"dropout": dropout_rng},
+        )
+        losses = task_losses(logits, batch, config.label_smoothing)
+        per_task = {t: v.mean() for t, v in losses.items()}
+        total = 0.0
+        for t, value in per_task.items():
+            w = config.loss_weights[t]
+            if config.uncertainty_weighting:
+                s = params["log_vars"][t]  # log sigma^2 (Kendall et al., 2018)
+                total = total + w * (jnp.exp(-s) * value + 0.5 * s)
+            else:
+                total = total + w * value
+        accuracy = {t: (z.argmax(-1) == batch[t]).mean() for t, z in logits.items()}
+        return total, (per_task, accuracy, updates.get("batch_stats", {}))
+
+    (loss, (per_task, accuracy, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
+    scalars = {
+        "loss": loss,
+        "l2_grads": optax.tree.norm(grads["model"]),
+        "l2_params": optax.tree.norm(params["model"]),
+        **{f"loss_{t}": v for t, v in per_task.items()},
+        **{f"accuracy_{t}": v for t, v in accuracy.items()},
+    }
+    return new_state, scalars
+
+
+def eval_step(state: TrainState, batch: dict, *, model, config) -> dict:
+    """Per-example outputs of a global batch: {pred_t, loss_t, label_t, subject_id (if the
+    batch has it): [B], mask: bool[B]}."""
+    x = pipeline.normalize(batch["image"], runs.compute_dtype(config))
+    logits = model.apply(model_variables(state.params, state.batch_stats), x, train=False)
+    losses = task_losses(logits, batch)
+    out = {f"pred_{t}": z.argmax(-1).astype(jnp.int32) for t, z in logits.items()}
+    out.update({f"logits_{t}": z.astype(jnp.float32) for t, z in logits.items()})
+    out.update({f"loss_{t}": v for t, v in losses.items()})
+    out.update({f"label_{t}": batch[t] for t in logits})
+    if "subject_id" in batch:  # pipeline batches carry it; predictions.npz saves it
+        out["subject_id"] = batch["subject_id"]
+    out["mask"] = batch["mask"]
+    return out
+
+
+class Steps:
+    """The jitted steps of one run over one mesh, and the shardings they use."""
+
+    def __init__(self, model, tx, config, mesh: jax.sharding.Mesh):
+        self.mesh = mesh
+        self.replicated = NamedSharding(mesh, P())
+        self.data = NamedSharding(mesh, P("data"))
+        self.train = jax.jit(
+            functools.partial(train_step, model=model, tx=tx, config=config),
+            in_shardings=(self.replicated, self.data),
+            out_shardings=(self.replicated, self.replicated),
+            donate_argnums=0,
+        )
+        self.eval = jax.jit(
+            functools.partial(eval_step, model=model, config=config),
+            in_shardings=(self.replicated, self.data),
+            out_shardings=self.data,
+        )
+        self.init = jax.jit(
+            functools.partial(init_state, model, tx, config), out_shardings=self.replicated
+        )
+        # Whole-dataset mode: the batch is gathered from the replicated dataset on device.
+        self.gather = jax.jit(
+            lambda data, index: jax.tree.map(lambda a: a[index], data),
+            in_shardings=(self.replicated, self.data),
+            out_shardings=self.data,
+        )
+        # ... and an evaluation batch: index -1 pads the last one (masked out).
+        self.gather_eval = jax.jit(
+            lambda data, index: {**jax.tree.map(lambda a: a[jnp.maximum(index, 0)], data),
+                                 "mask": index >= 0},
+            in_shardings=(self.replicated, self.data),
+            out_shardings=self.data,
+        )
+        # A copy of the state in new buffers (the train step donates the state's).
+        self.copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree),
+                            in_shardings=self.replicated, out_shardings=self.replicated)
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D mesh ``('data',)`` over ``devices`` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else devices
+    return jax.sharding.Mesh(np.asarray(devices), ("data",))
