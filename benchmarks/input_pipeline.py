@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from fgmask_jax import build_data
+from fgmask_jax.data import build as build_data
 from fgmask_jax.data import pipeline
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "/tmp/fgmask_tfds", "TFDS data dir.")

@@ -94,6 +94,62 @@ def parse_flags(argv: list[str], prog: str, usage: Callable[[], str] | None = No
         fail(prog, f"{str(e).splitlines()[0]} (--help lists the flags)", 2)
 
 
+def define_cluster_flags() -> None:
+    """Defines the flags of joining a multi-process JAX cluster (`distributed`); the
+    commands that train call it once, at import."""
+    from fgmask_jax import distributed
+
+    flags.DEFINE_enum(
+        "distributed", "auto", ["auto", "on", "off"],
+        f"Join a multi-process JAX cluster: auto (when a cluster job is detected or "
+        f"--coordinator_address is given), on (always), off (never). Default: "
+        f"${distributed.ENV_SWITCH} (1/on, 0/off) if set, else auto.",
+    )
+    flags.DEFINE_string(
+        "coordinator_address", None,
+        "host:port of process 0, the same for every process (bare clusters, launch/local.sh).",
+    )
+    flags.DEFINE_integer(
+        "num_processes", None, "How many processes take part (with --coordinator_address).",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "process_id", None, "This process's index, 0 .. num_processes-1 (0 hosts the coordinator).",
+        lower_bound=0,
+    )
+    flags.DEFINE_string(
+        "local_device_ids", "auto",
+        "Which local devices this process drives: auto (see fgmask_jax/distributed), all, "
+        "or a comma-separated list such as 0,1.",
+    )
+    flags.DEFINE_integer(
+        "initialization_timeout", 300,
+        "Seconds a process waits for the coordinator and for all processes to join.",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "heartbeat_timeout", 100,
+        "Seconds without a heartbeat after which a process counts as dead and the job stops.",
+        lower_bound=1,
+    )
+
+
+def cluster_options():
+    """The parsed cluster flags as `distributed.Options`."""
+    from fgmask_jax import distributed
+
+    f = flags.FLAGS
+    return distributed.Options(
+        mode=distributed.mode_from(f.distributed, f["distributed"].present),
+        coordinator_address=f.coordinator_address,
+        num_processes=f.num_processes,
+        process_id=f.process_id,
+        local_device_ids=f.local_device_ids,
+        initialization_timeout=f.initialization_timeout,
+        heartbeat_timeout=f.heartbeat_timeout,
+    )
+
+
 def run(main: Callable[[list[str]], None], *, prog: str,
         flags_parser: Callable[[list[str]], list[str]] | None = None) -> None:
     """``app.run(main)`` with the exit rules of this module; ``flags_parser`` defaults to

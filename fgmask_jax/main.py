@@ -1,7 +1,7 @@
 """Trains and evaluates one method: ``python -m fgmask_jax.main --config=... --workdir=...``.
 
 This file is intentionally kept short: the work happens in `train` (neural methods)
-and `baselines.run` (classical ones).
+and `baselines.run` (classical ones), called by `experiments.method.run_method`.
 
 Example:
   python -m fgmask_jax.main --config=configs/multitask.py:data=synthetic,runlocal \
@@ -13,13 +13,10 @@ import ast
 from absl import flags
 from ml_collections import config_flags
 
-from fgmask_jax import (
-    cli,
-    config_lib,
-    distributed,  # also defines --coordinator_address, --num_processes, ...
-)
+from fgmask_jax import cli, config_lib, distributed, errors
 
 PROG = "fgmask_jax.main"
+cli.define_cluster_flags()  # --coordinator_address, --num_processes, ...
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the report go; rerunning "
                     "the same command with the same workdir resumes.")
 config_flags.DEFINE_config_file(
@@ -93,45 +90,26 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv):
     if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = flags.FLAGS.config
     if flags.FLAGS.print_config:
         print(config)
         return
     config_lib.validate(config)
     if not flags.FLAGS.workdir:
-        raise cli.UserError("--workdir is required: the folder for checkpoints, metrics and "
-                            "the report")
+        raise errors.UserError("--workdir is required: the folder for checkpoints, metrics "
+                               "and the report")
     workdir = cli.absolute(flags.FLAGS.workdir)
     config.data_dir = cli.absolute(config.data_dir)
     config.manual_dir = cli.absolute(config.manual_dir)
-
-    try:
-        distributed.maybe_initialize()  # joins a cluster job; before any JAX computation
+    try:  # joins a cluster job; before any JAX computation
+        distributed.maybe_initialize(cli.cluster_options())
     except (ValueError, distributed.ClusterJoinError) as e:
-        raise cli.UserError(str(e)) from None
-    import jax  # after flag parsing: grain workers need parsed flags
-    from jax.experimental import multihost_utils
+        raise errors.UserError(str(e)) from None
+    # After flag parsing: grain workers need parsed flags.
+    from fgmask_jax.experiments.method import run_method
 
-    from fgmask_jax import baselines, build_data, train
-    from fgmask_jax.data import pipeline
-
-    # Process 0 builds a missing dataset while the others wait: on shared storage they
-    # then find it built; on a disk of their own (TPU VM workers) they build their copy.
-    if jax.process_index() == 0:
-        build_data.build_or_explain(config.dataset, pipeline.data_dir(config),
-                                    config.manual_dir or None)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("fgmask_jax: dataset built")
-        if jax.process_index() != 0:
-            build_data.build_or_explain(config.dataset, pipeline.data_dir(config),
-                                        config.manual_dir or None)
-    if config.get("method") in baselines.METHODS:  # a classical method
-        from fgmask_jax.baselines import run
-
-        run.run_and_evaluate(config, workdir)
-    else:
-        train.train_and_evaluate(config, workdir)
+    run_method(config, workdir)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def small_data_dir(tmp_path_factory):
     """The 60-image synthetic dataset (``synthetic_masked_faces/small``), built once per run."""
-    from fgmask_jax import build_data
+    from fgmask_jax.data import build as build_data
 
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     build_data.build("synthetic_masked_faces/small", data_dir)
@@ -28,7 +28,7 @@ def small_data_dir(tmp_path_factory):
 def paired_small_data_dir(tmp_path_factory):
     """``synthetic_masked_faces/paired_small`` (68 masked copies of 20 photos and their 20
     unmasked twins, 32 px), built once per run."""
-    from fgmask_jax import build_data
+    from fgmask_jax.data import build as build_data
 
     data_dir = str(tmp_path_factory.mktemp("tfds_paired"))
     build_data.build("synthetic_masked_faces/paired_small", data_dir)

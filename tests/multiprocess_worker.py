@@ -108,9 +108,9 @@ def _define_flags() -> None:
 def _join(out: str) -> None:
     import jax
 
-    from fgmask_jax import distributed
+    from fgmask_jax import cli, distributed
 
-    joined = distributed.maybe_initialize()
+    joined = distributed.maybe_initialize(cli.cluster_options())
     total = distributed.check_all_reduce()
     info = {"joined": joined, "process_index": jax.process_index(),
             "process_count": jax.process_count(), "local_devices": jax.local_device_count(),
@@ -132,9 +132,9 @@ def _join(out: str) -> None:
 def _train(out: str, num_steps: int) -> None:
     import jax
 
-    from fgmask_jax import checkpointing, distributed
+    from fgmask_jax import checkpointing, cli, distributed
 
-    distributed.maybe_initialize()
+    distributed.maybe_initialize(cli.cluster_options())
     steps = make_steps(tiny_config())
     state = train_steps(steps, num_steps)
     i = jax.process_index()
@@ -146,9 +146,10 @@ def _train(out: str, num_steps: int) -> None:
 
 
 def _train_and_evaluate(out: str, num_steps: int, data_dir: str) -> None:
-    from fgmask_jax import build_data, distributed, train
+    from fgmask_jax import cli, distributed, train
+    from fgmask_jax.data import build as build_data
 
-    distributed.maybe_initialize()
+    distributed.maybe_initialize(cli.cluster_options())
     config = tiny_config()
     config.dataset = "synthetic_masked_faces/small"
     config.data_dir = data_dir
@@ -186,7 +187,9 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from fgmask_jax import distributed  # noqa: F401  (defines the cluster flags)
+    from fgmask_jax import cli
+
+    cli.define_cluster_flags()
 
     _define_flags()
     app.run(main)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import tensorflow_datasets as tfds
 
-from fgmask_jax import build_data
+from fgmask_jax.data import build as build_data
 from fgmask_jax.data import labels, splits
 
 SMALL = "synthetic_masked_faces/small"

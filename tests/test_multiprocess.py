@@ -133,7 +133,8 @@ def test_two_processes_train_and_checkpoint_like_one_process(tmp_path):
 
 
 def test_train_and_evaluate_in_two_processes(tmp_path):
-    from fgmask_jax import build_data, train
+    from fgmask_jax import train
+    from fgmask_jax.data import build as build_data
 
     data_dir = tmp_path / "data"
     build_data.build("synthetic_masked_faces/small", str(data_dir))

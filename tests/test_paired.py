@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from fgmask_jax import build_data, masks
+from fgmask_jax import masks
+from fgmask_jax.data import build as build_data
 from fgmask_jax.data import labels, splits, synthetic
 from fgmask_jax.tfds_builder.synthetic_masked_faces import (
     synthetic_masked_faces_dataset_builder as builder_lib,

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import os
 
-import matplotlib
+import numpy as np
+from etils import epath
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from etils import epath  # noqa: E402
-
-from fgmask_jax.data import labels as labels_lib  # noqa: E402
+from fgmask_jax.data import labels as labels_lib
 
 
 def plot_confusion(cm: np.ndarray, class_names, title: str, path: str) -> None:
     """Writes a row-normalised confusion matrix (counts annotated) to ``path``."""
     cm = np.asarray(cm)
     rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 2, 1.1 * len(class_names) + 1.5))
+    fig = Figure(figsize=(1.2 * len(class_names) + 2, 1.1 * len(class_names) + 1.5))
+    ax = fig.subplots()
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
@@ -32,7 +30,6 @@ def plot_confusion(cm: np.ndarray, class_names, title: str, path: str) -> None:
     fig.tight_layout()
     with epath.Path(path).open("wb") as f:
         fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -80,7 +77,6 @@ def write_report(workdir: str, title: str, sections: dict[str, dict[str, dict]],
 def _save(fig, path: str) -> None:
     with epath.Path(path).open("wb") as f:
         fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
 
 
 def plot_reliability(results: dict[str, dict], path: str, title: str = "") -> None:
@@ -92,8 +88,8 @@ def plot_reliability(results: dict[str, dict], path: str, title: str = "") -> No
     diagonal of perfect calibration.
     """
     tasks = list(results)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.8), squeeze=False,
-                             layout="constrained")
+    fig = Figure(figsize=(3.6 * len(tasks), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(tasks), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         r = results[task]
         ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
@@ -157,8 +153,8 @@ def plot_mean_saliency(mean_image: np.ndarray, maps: dict[str, np.ndarray], path
         image = image / 255.0
     gray = image.mean(-1)
     tasks = list(maps)
-    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(2.8 * (len(tasks) + 1), 3.2),
-                             squeeze=False, layout="constrained")
+    fig = Figure(figsize=(2.8 * (len(tasks) + 1), 3.2), layout="constrained")
+    axes = fig.subplots(1, len(tasks) + 1, squeeze=False)
     axes[0, 0].imshow(np.clip(image, 0, 1))
     axes[0, 0].set_title("mean image")
     for ax, task in zip(axes[0, 1:], tasks, strict=True):

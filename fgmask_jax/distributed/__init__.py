@@ -35,47 +35,12 @@ import os
 import socket
 import time
 
-from absl import app, flags, logging
+from absl import logging
 
 ENV_SWITCH = "FGMASK_DISTRIBUTED"
 # JAX's cluster environments that may start a run on their own (see jax._src.clusters).
 # Kubernetes and mpi4py are left out: they need --distributed=on to be used.
 AUTO_CLUSTERS = ("slurm", "ompi", "gcetpu", "gketpu")
-
-_DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "auto", ["auto", "on", "off"],
-    f"Join a multi-process JAX cluster: auto (when a cluster job is detected or "
-    f"--coordinator_address is given), on (always), off (never). Default: ${ENV_SWITCH} "
-    "(1/on, 0/off) if set, else auto.",
-)
-_COORDINATOR_ADDRESS = flags.DEFINE_string(
-    "coordinator_address", None,
-    "host:port of process 0, the same for every process (bare clusters, launch/local.sh).",
-)
-_NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None, "How many processes take part (with --coordinator_address).",
-    lower_bound=1,
-)
-_PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, "This process's index, 0 .. num_processes-1 (0 hosts the coordinator).",
-    lower_bound=0,
-)
-_LOCAL_DEVICE_IDS = flags.DEFINE_string(
-    "local_device_ids", "auto",
-    "Which local devices this process drives: auto (see fgmask_jax/distributed.py), all, "
-    "or a comma-separated list such as 0,1.",
-)
-_INITIALIZATION_TIMEOUT = flags.DEFINE_integer(
-    "initialization_timeout", 300,
-    "Seconds a process waits for the coordinator and for all processes to join.",
-    lower_bound=1,
-)
-_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
-    "heartbeat_timeout", 100,
-    "Seconds without a heartbeat after which a process counts as dead and the job stops.",
-    lower_bound=1,
-)
-
 
 class ClusterJoinError(RuntimeError):
     """This process could not join the multi-process cluster."""
@@ -83,7 +48,7 @@ class ClusterJoinError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """What the flags and the environment ask for (see the flags above)."""
+    """What the flags (`cli.define_cluster_flags`) and the environment ask for."""
 
     mode: str = "auto"  # auto | on | off
     coordinator_address: str | None = None
@@ -126,20 +91,6 @@ def mode_from(flag_value: str, flag_given: bool, environ=os.environ) -> str:
     if value in ("0", "off", "false", "no"):
         return "off"
     raise ValueError(f"{ENV_SWITCH}={environ[ENV_SWITCH]!r}: use 1 (on), 0 (off) or auto")
-
-
-def options_from_flags() -> Options:
-    """The parsed absl flags of this module as `Options`."""
-    f = flags.FLAGS
-    return Options(
-        mode=mode_from(_DISTRIBUTED.value, f["distributed"].present),
-        coordinator_address=_COORDINATOR_ADDRESS.value,
-        num_processes=_NUM_PROCESSES.value,
-        process_id=_PROCESS_ID.value,
-        local_device_ids=_LOCAL_DEVICE_IDS.value,
-        initialization_timeout=_INITIALIZATION_TIMEOUT.value,
-        heartbeat_timeout=_HEARTBEAT_TIMEOUT.value,
-    )
 
 
 def _parse_device_ids(text: str) -> tuple[int, ...] | str:
@@ -315,10 +266,11 @@ def log_topology() -> None:
                  [d.id for d in local], jax.device_count(), jax.default_backend())
 
 
-def maybe_initialize() -> bool:
+def maybe_initialize(options: Options | None = None) -> bool:
     """Joins the cluster if this run is a cluster job (see the module docstring).
 
-    Call after absl parsed the flags and before any JAX computation. Returns True
+    ``options``: what the command's flags ask for (`cli.cluster_options`); None is the
+    flags' defaults and the environment. Call before any JAX computation. Returns True
     if this process joined a multi-process cluster, False for a single-process run.
 
     Raises:
@@ -327,7 +279,7 @@ def maybe_initialize() -> bool:
     """
     import jax
 
-    options = options_from_flags()
+    options = options or Options(mode=mode_from("auto", False))
     if jax.distributed.is_initialized():
         logging.info("jax.distributed is already initialized: joining nothing more")
         log_topology()
@@ -354,32 +306,26 @@ def check_all_reduce() -> float:
     return float(total.addressable_data(0))
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    import jax
-
-    try:
-        joined = maybe_initialize()
-    except (ValueError, ClusterJoinError) as e:
-        raise SystemExit(f"fgmask_jax.distributed: {e}") from None
-    total = check_all_reduce()
-    expected = sum(i * n for i, n in _devices_per_process(jax).items())
-    status = "OK" if total == expected else "WRONG"
-    print(f"{status}: process {jax.process_index()} of {jax.process_count()} "
-          f"({'joined a cluster' if joined else 'alone'}), {jax.local_device_count()} local "
-          f"of {jax.device_count()} devices; all-reduce {total:g} (expected {expected:g})",
-          flush=True)
-    if status != "OK":
-        raise SystemExit(1)
-
-
-def _devices_per_process(jax) -> dict[int, int]:
+def devices_per_process(jax) -> dict[int, int]:
     counts: dict[int, int] = {}
     for d in jax.devices():
         counts[d.process_index] = counts.get(d.process_index, 0) + 1
     return counts
 
 
-if __name__ == "__main__":
-    app.run(main)
+def smoke_check(options: Options) -> tuple[bool, str]:
+    """(all-reduce right, one line on this process, its devices and the all-reduce): the
+    check ``python -m fgmask_jax.distributed`` runs on every process of a job.
+
+    Raises as `maybe_initialize`.
+    """
+    import jax
+
+    joined = maybe_initialize(options)
+    total = check_all_reduce()
+    expected = sum(i * n for i, n in devices_per_process(jax).items())
+    status = "OK" if total == expected else "WRONG"
+    return status == "OK", (
+        f"{status}: process {jax.process_index()} of {jax.process_count()} "
+        f"({'joined a cluster' if joined else 'alone'}), {jax.local_device_count()} local "
+        f"of {jax.device_count()} devices; all-reduce {total:g} (expected {expected:g})")
