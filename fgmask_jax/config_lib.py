@@ -100,6 +100,22 @@ def neural_config(arg: str | None, *, tasks: tuple[str, ...], model: str = "resn
         _choice("task", task, labels_lib.TASKS)
 
     c = ml_collections.ConfigDict()
+    _data_fields(c, v)
+    _model_fields(c, v, tasks)
+    _training_fields(c, v)
+    if v.recipe == "study":
+        _study_recipe(c, c.model)
+        if "size=" in (arg or ""):
+            c.image_size = v.size
+    c.recipe = v.recipe
+    if v.runlocal:
+        _runlocal(c, v, asked_model="model=" in (arg or ""), default_model=model)
+    else:
+        c.runlocal = False
+    return c
+
+
+def _data_fields(c: ml_collections.ConfigDict, v: ml_collections.ConfigDict) -> None:
     c.dataset = DATASETS[v.data]
     c.data_dir = ""  # "" -> $TFDS_DATA_DIR or ~/tensorflow_datasets
     c.manual_dir = ""  # fgnet_mask, fgnet_paired: the folder of their archives
@@ -116,6 +132,9 @@ def neural_config(arg: str | None, *, tasks: tuple[str, ...], model: str = "resn
     # machine's cores; 0 decodes in the main process.
     c.workers = config_dict.placeholder(int)
 
+
+def _model_fields(c: ml_collections.ConfigDict, v: ml_collections.ConfigDict,
+                  tasks: tuple[str, ...]) -> None:
     c.tasks = tasks
     c.model = v.model
     c.head_hidden = 0  # > 0: a hidden layer per head (the study used 1024)
@@ -130,6 +149,8 @@ def neural_config(arg: str | None, *, tasks: tuple[str, ...], model: str = "resn
     c.uncertainty_weighting = False  # Kendall et al. 2018: learn a weight per task
     c.label_smoothing = 0.0
 
+
+def _training_fields(c: ml_collections.ConfigDict, v: ml_collections.ConfigDict) -> None:
     c.optimizer = "sgd"  # sgd (with momentum) or adamw
     c.learning_rate = 0.1  # for a batch of 256; scaled linearly with batch_size
     c.momentum = 0.9
@@ -154,7 +175,7 @@ def neural_config(arg: str | None, *, tasks: tuple[str, ...], model: str = "resn
     c.early_stopping_patience = 10  # evaluations without improvement; 0 disables
     c.init_from = ""  # another run's workdir or checkpoint folder, for fine-tuning
     # A torchvision-layout trunk (.safetensors, or .pth with torch installed) to start from;
-    # the heads start fresh. See fgmask_jax/models/pretrained.py.
+    # the heads start fresh. See fgmask_jax/models/pretrained.py and docs/pretrained.md.
     c.pretrained = v.pretrained
     c.freeze = ""  # trunk parts not trained, e.g. "stem,layer1,layer2"; "" trains all
     c.trunk_lr_multiplier = 1.0  # the trunk's learning rate relative to the heads'
@@ -162,30 +183,24 @@ def neural_config(arg: str | None, *, tasks: tuple[str, ...], model: str = "resn
     if v.pretrained:  # fine-tuning: the pretrained trunk moves ten times slower than the heads
         c.trunk_lr_multiplier = 0.1
 
-    if v.recipe == "study":
-        _study_recipe(c, c.model)
-        if "size=" in (arg or ""):
-            c.image_size = v.size
-    c.recipe = v.recipe
 
-    if v.runlocal:
-        c.runlocal = True
-        if model == "resnet152" and "model=" not in (arg or ""):
-            c.model = "resnet18"  # the smallest ResNet, unless a model was asked for
-        c.image_size = min(c.image_size, 64)
-        c.num_epochs = 8.0
-        if v.recipe == "default":
-            c.batch_size = 32
-            c.learning_rate = 0.2
-        if c.model == "vgg16":  # 134M parameters: 8 epochs at 64 px take over an hour on 2
-            c.image_size = 32   # cores; 2 epochs at 32 px (about 14 img/s) take about 6 minutes
-            c.num_epochs = 2.0
-        c.data_on_device = True
-        c.log_every_steps = 10
-        c.lopo_folds = 5
-    else:
-        c.runlocal = False
-    return c
+def _runlocal(c: ml_collections.ConfigDict, v: ml_collections.ConfigDict, *,
+              asked_model: bool, default_model: str) -> None:
+    """Shrinks the run for a laptop CPU."""
+    c.runlocal = True
+    if default_model == "resnet152" and not asked_model:
+        c.model = "resnet18"  # the smallest ResNet, unless a model was asked for
+    c.image_size = min(c.image_size, 64)
+    c.num_epochs = 8.0
+    if v.recipe == "default":
+        c.batch_size = 32
+        c.learning_rate = 0.2
+    if c.model == "vgg16":  # 134M parameters: 8 epochs at 64 px take over an hour on 2
+        c.image_size = 32   # cores; 2 epochs at 32 px (about 14 img/s) take about 6 minutes
+        c.num_epochs = 2.0
+    c.data_on_device = True
+    c.log_every_steps = 10
+    c.lopo_folds = 5
 
 
 def config_files(directory: str = CONFIGS_DIR) -> list[str]:
