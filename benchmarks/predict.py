@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from fgmask_jax import config_lib, predict, train
+from fgmask_jax import config_lib, inference, runs
 
 _MODELS = flags.DEFINE_list("models", ["resnet18", "resnet50", "resnet152"], "Models.")
 _SIZE = flags.DEFINE_integer("size", 112, "Input side in pixels.")
@@ -34,12 +34,12 @@ _PEER = flags.DEFINE_bool("peer", True, "Also time PyTorch (needs torch and torc
 TASKS = ("age_group", "gender", "expression")
 
 
-def make_predictor(model: str) -> predict.Predictor:
+def make_predictor(model: str) -> inference.Predictor:
     c = config_lib.neural_config(f"model={model},size={_SIZE.value}", tasks=TASKS)
-    net = train.make_model(c)
+    net = runs.make_model(c)
     x = jax.numpy.zeros((1, c.image_size, c.image_size, 3))
     variables = jax.jit(lambda key: net.init(key, x, train=False))(jax.random.key(0))
-    return predict.Predictor.from_variables(c, variables, batch_size=_BATCH.value)
+    return inference.Predictor.from_variables(c, variables, batch_size=_BATCH.value)
 
 
 def write_jpegs(images: np.ndarray, folder: str) -> list[str]:
@@ -52,17 +52,17 @@ def write_jpegs(images: np.ndarray, folder: str) -> list[str]:
     return paths
 
 
-def time_arrays(predictor: predict.Predictor, images: np.ndarray) -> float:
+def time_arrays(predictor: inference.Predictor, images: np.ndarray) -> float:
     predictor.probabilities(images[: predictor.batch_size])  # compile
     start = time.perf_counter()
     predictor.probabilities(images)
     return len(images) / (time.perf_counter() - start)
 
 
-def time_files(predictor: predict.Predictor, paths: list[str]) -> float:
-    list(predict.predict_files(predictor, paths[: predictor.batch_size]))
+def time_files(predictor: inference.Predictor, paths: list[str]) -> float:
+    list(inference.predict_files(predictor, paths[: predictor.batch_size]))
     start = time.perf_counter()
-    rows = list(predict.predict_files(predictor, paths))
+    rows = list(inference.predict_files(predictor, paths))
     assert not any(r["error"] for r in rows)
     return len(paths) / (time.perf_counter() - start)
 

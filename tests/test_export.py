@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from test_train import tiny_config
 
-from fgmask_jax import export, predict, train
+from fgmask_jax import predict, train
 from fgmask_jax.data import pipeline
+from fgmask_jax.inference import export
 
 # The module docstring's loader, in a fresh interpreter that must not import flax or us.
 LOADER = """

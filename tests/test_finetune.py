@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from test_train import final_state, tiny_config
 
-from fgmask_jax import config_lib, export, models, train
+from fgmask_jax import config_lib, models, train
+from fgmask_jax.inference import export
 from fgmask_jax.models import pretrained
 
 

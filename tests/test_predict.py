@@ -12,9 +12,11 @@ import pytest
 from PIL import Image
 from test_train import tiny_config
 
-from fgmask_jax import predict, train
+from fgmask_jax import inference, predict, train
 from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.data import pipeline, synthetic
+from fgmask_jax.inference import images
+from fgmask_jax.inference.files import predict_to_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = tuple(labels_lib.TASKS)
@@ -67,7 +69,7 @@ def test_predictions_equal_the_runs_own_on_its_test_split(run_dir, test_split_fi
             assert r[task]["label"] == max(probs, key=probs.get)
     # The preprocessing is the training pipeline's, bit for bit.
     for path, data in zip(paths, encoded, strict=True):
-        np.testing.assert_array_equal(predict.load_image(path, 32), pipeline.decode_image(data, 32))
+        np.testing.assert_array_equal(images.load_image(path, 32), pipeline.decode_image(data, 32))
     # Arrays (RGB) give what their files give.
     arrays = [pipeline.read_image(data) for data in encoded[:3]]
     assert predictor(arrays) == results[:3]
@@ -78,14 +80,14 @@ def test_array_forms_grayscale_rgba_and_16_bit_are_read_as_meant():
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
     rgba = np.concatenate([rgb, np.full((40, 50, 1), 7, np.uint8)], -1)
-    np.testing.assert_array_equal(predict.as_rgb(rgba), rgb)
+    np.testing.assert_array_equal(images.as_rgb(rgba), rgb)
     gray = rgb[..., 0]
-    np.testing.assert_array_equal(predict.as_rgb(gray), np.stack([gray] * 3, -1))
-    np.testing.assert_array_equal(predict.as_rgb(rgb.astype(np.uint16) << 8), rgb)
+    np.testing.assert_array_equal(images.as_rgb(gray), np.stack([gray] * 3, -1))
+    np.testing.assert_array_equal(images.as_rgb(rgb.astype(np.uint16) << 8), rgb)
     with pytest.raises(ValueError, match="dtype float32"):
-        predict.as_rgb(rgb.astype(np.float32))
+        images.as_rgb(rgb.astype(np.float32))
     with pytest.raises(ValueError, match="1x1 pixels"):
-        predict.load_image(np.zeros((1, 1, 3), np.uint8), 32)
+        images.load_image(np.zeros((1, 1, 3), np.uint8), 32)
 
     # Files: EXIF orientation applied, 16-bit scaled, grayscale made 3 channels.
     upright = np.zeros((64, 40, 3), np.uint8)
@@ -227,17 +229,17 @@ def test_faces_are_found_cropped_and_predicted_one_row_each(run_dir, tmp_path):
     Image.fromarray(two).save(tmp_path / "two.png")
     Image.fromarray(none).save(tmp_path / "none.png")
 
-    boxes = predict.detect_faces(two)
+    boxes = inference.detect_faces(two)
     assert len(boxes) == 2
     for box, left, top in zip(boxes, (40, 300), (70, 90), strict=True):  # inside its face
         assert left <= box.x and box.x + box.width <= left + 180
         assert top <= box.y and box.y + box.height <= top + 180
-        crop = predict.crop_face(two, box)
+        crop = inference.crop_face(two, box)
         assert crop.shape[0] == crop.shape[1] and 150 <= crop.shape[0] <= 240
-    assert predict.detect_faces(none) == []
+    assert inference.detect_faces(none) == []
 
     out = tmp_path / "faces.jsonl"
-    status = predict.run(run_dir, [str(tmp_path / "*.png")], str(out), batch_size=4,
+    status = predict_to_file(run_dir, [str(tmp_path / "*.png")], str(out), batch_size=4,
                          faces="detect", stderr=io.StringIO())
     assert status == 1  # a photo without a face was not predicted
     rows = [json.loads(line) for line in out.read_text().splitlines()]
