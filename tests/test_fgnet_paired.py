@@ -17,9 +17,11 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from fgmask_jax import build_data, mask_gap, masks
+from fgmask_jax import masks
+from fgmask_jax.data import build as build_data
 from fgmask_jax.data import labels, pipeline, synthetic
 from fgmask_jax.data import masked_photos as apply_lib
+from fgmask_jax.experiments import mask_gap
 from fgmask_jax.tfds_builder.fgnet_mask import fgnet_mask_dataset_builder as fgnet_mask
 from fgmask_jax.tfds_builder.fgnet_paired import fgnet_paired_dataset_builder as fgnet_paired
 

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from fgmask_jax import mask_gap
+from fgmask_jax.experiments import mask_gap
 
 TASKS = ("age_group", "gender", "expression")
 TINY = {"image_size": 32, "batch_size": 8, "num_train_steps": 2, "eval_every_steps": 2,

@@ -7,9 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from fgmask_jax import cli, study
+from fgmask_jax import cli
 from fgmask_jax.data import splits
 from fgmask_jax.evaluation import bootstrap, metrics
+from fgmask_jax.experiments import leak, study
 
 TASKS = ("age_group", "gender", "expression")
 # Tiny neural runs at 32 px: a handful of steps each.
@@ -199,7 +200,7 @@ def test_plan_with_pretrained_trunks():
 
 def test_leak_table_puts_protocols_side_by_side_and_computes_the_inflation(
         paired_small_data_dir, tmp_path):
-    out = study.run_comparison(
+    out = leak.run_comparison(
         str(tmp_path), ("study", "photo", "subject"), data="synthetic_paired", runlocal=True,
         methods=("lbp", "eigenface"), dataset="synthetic_masked_faces/paired_small",
         data_dir=paired_small_data_dir, neural_overrides={**TINY, "saliency_images": 0},
@@ -229,7 +230,7 @@ def test_leak_table_puts_protocols_side_by_side_and_computes_the_inflation(
     saved = json.loads((tmp_path / "leak.json").read_text())
     assert saved["setting"]["protocols"] == ["study", "photo", "subject"]
     # A second call reuses every finished run.
-    again = study.run_comparison(
+    again = leak.run_comparison(
         str(tmp_path), ("study", "photo"), data="synthetic_paired", runlocal=True,
         methods=("lbp", "eigenface"), dataset="synthetic_masked_faces/paired_small",
         data_dir=paired_small_data_dir, neural_overrides={**TINY, "saliency_images": 0},
@@ -242,11 +243,11 @@ def test_paired_difference_is_the_difference_with_a_paired_interval():
     subject = np.repeat(np.arange(30), 6)
     a = rng.random(subject.size) < 0.8
     b = a & (rng.random(subject.size) < 0.9)  # b is a with some answers lost
-    d = study.paired_difference((a, subject), (b, subject), num_samples=500)
+    d = bootstrap.paired_difference((a, subject), (b, subject), num_samples=500)
     assert d["value"] == pytest.approx(a.mean() - b.mean())
     assert 0 <= d["low"] <= d["value"] <= d["high"]  # paired: a never below b per person
     # Persons on one side only count only there; the point value is still the difference.
-    e = study.paired_difference((a, subject), (b[:60], subject[:60]), num_samples=200)
+    e = bootstrap.paired_difference((a, subject), (b[:60], subject[:60]), num_samples=200)
     assert e["value"] == pytest.approx(a.mean() - b[:60].mean())
 
 
@@ -259,7 +260,7 @@ def test_paired_difference_is_the_difference_with_a_paired_interval():
 ])
 def test_bad_protocols_are_refused_before_anything_runs(protocols, data, message, tmp_path):
     with pytest.raises(ValueError, match=message):
-        study.run_comparison(str(tmp_path), protocols, data=data)
+        leak.run_comparison(str(tmp_path), protocols, data=data)
     assert not list(tmp_path.iterdir())
 
 
@@ -278,6 +279,6 @@ def test_bad_protocols_are_one_line_errors_that_exit_2(tmp_path):
 def test_data_that_cannot_be_built_stops_before_any_folder_is_made(tmp_path):
     # fgnet_paired's archives are not in the (empty) manual dir.
     with pytest.raises(cli.UserError, match="FGNET.zip"):
-        study.run_comparison(str(tmp_path / "w"), ("study", "photo"), data="fgnet_paired",
+        leak.run_comparison(str(tmp_path / "w"), ("study", "photo"), data="fgnet_paired",
                              methods=("lbp",), data_dir=str(tmp_path / "tfds"))
     assert not (tmp_path / "w").exists()

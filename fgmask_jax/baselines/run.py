@@ -30,6 +30,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from fgmask_jax import config_lib, errors
 from fgmask_jax.baselines import classifiers, eigenface, lbp, tiny_image, vgg_face
 from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.data import pipeline, splits
@@ -76,10 +77,8 @@ def extract(fn, images: np.ndarray, batch_size: int) -> np.ndarray:
     out = []
     for start in range(0, n, batch_size):
         chunk = images[start : start + batch_size]
-        pad = batch_size - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        out.append(np.asarray(jax.device_get(fn(jnp.asarray(chunk))))[: batch_size - pad])
+        padded = pipeline.pad_rows(chunk, batch_size)
+        out.append(np.asarray(jax.device_get(fn(jnp.asarray(padded))))[: len(chunk)])
     return np.concatenate(out).astype(np.float32)
 
 
@@ -102,9 +101,10 @@ def folds(config, subject_ids: np.ndarray, is_test: np.ndarray):
 def _load(config) -> dict[str, np.ndarray]:
     """All images and labels the protocol uses, plus 'is_test' (bool[N]) and, where the
     dataset records it, 'photo_id' (int32[N])."""
-    if config.protocol not in ("study", "subject", "photo", "lopo"):
-        raise ValueError(
-            f"config.protocol={config.protocol!r}: use study, subject, photo or lopo")
+    if config.protocol not in config_lib.PROTOCOLS:
+        *others, last = config_lib.PROTOCOLS
+        raise errors.ConfigError(
+            f"config.protocol={config.protocol!r}: use {', '.join(others)} or {last}")
     names = pipeline.split_names("study" if config.protocol == "lopo" else config.protocol)
     parts = []
     for name, is_test in zip(names, (False, True), strict=True):
@@ -175,11 +175,12 @@ def run_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                   {t: data[t][tested] for t in config.tasks},
                                   {t: predictions[t][tested] for t in config.tasks})
         _write(config, workdir, results, selection, len(fold_list))
-    logging.info("Test metrics (%s):\n%s", _describe(config), report_lib.format_table(results))
+    logging.info("Test metrics (%s):\n%s", describe(config), report_lib.format_table(results))
     return {"test": results, "selection": selection, "folds": len(fold_list)}
 
 
-def _describe(config) -> str:
+def describe(config) -> str:
+    """The method and its features in words, e.g. 'Tiny Image (16x16)'."""
     if config.method == "lbp":
         return (f"LBP ({config.lbp.variant} histogram, {config.lbp.sampling} sampling"
                 + (f", {config.lbp.grid[0]}x{config.lbp.grid[1]} cells)"
@@ -217,7 +218,7 @@ def _write(config, workdir: str, results: dict, selection: dict, num_folds: int)
                else "stratified")
     report_lib.write_report(
         workdir,
-        f"{_describe(config)} on {config.dataset}, protocol={config.protocol}",
+        f"{describe(config)} on {config.dataset}, protocol={config.protocol}",
         {"test": results},
         notes=[
             f"tasks: {', '.join(config.tasks)}; image size {config.image_size}; {protocol}",

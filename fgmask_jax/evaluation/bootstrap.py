@@ -3,7 +3,8 @@
 Images of one person are not independent (the same face, often copies of one
 photo under other masks), so an interval from resampling images is too narrow.
 `person_bootstrap` draws persons with replacement; every image of a drawn person
-comes along, and a person drawn twice counts twice.
+comes along, and a person drawn twice counts twice. `paired_difference` does the
+same for the difference of two accuracies on the same (or overlapping) persons.
 
 Vectorised: one confusion matrix per person, int64[P, C, C]; a bootstrap sample is
 a vector of draw counts per person, int64[P] (multinomial, summing to P), and the
@@ -125,3 +126,40 @@ def person_bootstrap(y_true: np.ndarray, y_pred: np.ndarray, subject_ids: np.nda
         low, high = np.nanpercentile(values[metric], tails)
         out[metric] = {"value": summary[metric], "low": float(low), "high": float(high)}
     return out
+
+
+def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], *,
+                      num_samples: int = 1000, seed: int = 0,
+                      confidence: float = 0.95) -> dict:
+    """Accuracy of ``a`` minus that of ``b``, with a percentile interval from a bootstrap
+    over the persons of both.
+
+    ``a``, ``b``: (correct bool[N], subject_ids int[N]) of two sets of predictions, on the
+    same persons or on overlapping ones. Each sample draws persons with replacement from
+    the union of the two sets' persons and counts a drawn person's images in both sets
+    (in neither where the person is absent), so a person who is in both varies both
+    accuracies together: on the same persons this is the paired bootstrap of the
+    difference, and it is never narrower than the differences' spread allows.
+
+    Returns:
+      {"value", "low", "high"} (fractions; value = accuracy(a) - accuracy(b)).
+    """
+    (ca, sa), (cb, sb) = ((np.asarray(c, bool), np.asarray(s)) for c, s in (a, b))
+    if not len(ca) or not len(cb):
+        raise ValueError("a difference of accuracies needs predictions on both sides")
+    persons = np.union1d(sa, sb)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(persons), np.full(len(persons), 1.0 / len(persons)),
+                             size=num_samples).T  # int64[P, S]
+
+    def sampled(correct, subject):
+        ix = np.searchsorted(persons, subject)
+        right = np.bincount(ix, correct, minlength=len(persons))
+        total = np.bincount(ix, minlength=len(persons))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (right @ counts) / (total @ counts)  # nan: no image of this side drawn
+
+    diffs = sampled(ca, sa) - sampled(cb, sb)
+    tails = 100 * np.array([(1 - confidence) / 2, (1 + confidence) / 2])
+    low, high = np.nanpercentile(diffs, tails)
+    return {"value": float(ca.mean() - cb.mean()), "low": float(low), "high": float(high)}

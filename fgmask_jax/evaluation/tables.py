@@ -1,0 +1,361 @@
+"""The experiments' tables: the study's (study.csv, study.md, study.png), the copy leak's
+(leak.csv, leak.md) and the mask gap's (mask_gap.md).
+
+Rows are plain dicts: ``{method, task, metric, value, low, high, n, persons}`` for the
+study, with ``protocol`` for the leak and ``train``/``test`` for the mask gap; values,
+``low`` and ``high`` are fractions, ``low``/``high`` nan where a run has no interval.
+How methods, data and protocols are named in words is the experiments' to say: they
+pass it as a `Wording`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+
+import numpy as np
+
+from fgmask_jax.data import labels as labels_lib
+
+TASKS = tuple(labels_lib.TASKS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Wording:
+    """The words of the tables."""
+
+    titles: dict[str, str]  # method -> its title; the tables list methods in this order
+    data: dict[str, tuple[str, str]]  # --data -> (what it is, what the numbers do not say)
+    protocols: dict[str, str]  # protocol -> what it holds out
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _sign(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def _num(x: float) -> str:
+    return "" if math.isnan(x) else f"{x:.6f}"
+
+
+def _bounds(r: dict, fmt) -> str:
+    """'value [low, high]'."""
+    return f"{fmt(r['value'])} [{fmt(r['low'])}, {fmt(r['high'])}]"
+
+
+def _interval(r: dict | None, fmt) -> str:
+    """'value [low, high]', or 'value (no interval)' for a run without one, or 'not run'."""
+    if r is None:
+        return "not run"
+    if math.isnan(r["low"]):
+        return fmt(r["value"]) + " (no interval)"
+    return _bounds(r, fmt)
+
+
+def _ordered(rows, words: Wording) -> tuple[list[str], list[str]]:
+    methods = [m for m in words.titles if any(r["method"] == m for r in rows)]
+    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
+    return methods, tasks
+
+
+def _cell(rows, method, task, metric, fmt) -> str:
+    found = next((r for r in rows if (r["method"], r["task"], r["metric"])
+                  == (method, task, metric)), None)
+    return _interval(found, fmt)
+
+
+# --- the study ------------------------------------------------------------------------
+
+
+def write_csv(path: str, rows, floor: dict) -> None:
+    """One row per method x task x metric: value, low, high (blank: no interval), n, persons.
+
+    The majority-class rate is the rows of method ``majority_class`` (accuracy only).
+    """
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "task", "metric", "value", "low", "high", "n", "persons"])
+        for r in rows:
+            interval = ["", ""] if math.isnan(r["low"]) else [f"{r['low']:.6f}",
+                                                               f"{r['high']:.6f}"]
+            w.writerow([r["method"], r["task"], r["metric"], f"{r['value']:.6f}", *interval,
+                        r["n"], "" if r["persons"] is None else r["persons"]])
+        for task, rate in floor.items():
+            w.writerow(["majority_class", task, "accuracy", f"{rate:.6f}", "", "", "", ""])
+
+
+def write_markdown(path: str, rows, floor: dict, setting: dict, runs, notes,
+                   words: Wording) -> None:
+    """study.md: the accuracy table with intervals, the other metrics, what ran, notes."""
+    methods, tasks = _ordered(rows, words)
+    titles = {m: setting.get("titles", {}).get(m, words.titles[m]) for m in methods}
+    kind, caveat = words.data[setting["data"]]
+    lines = [
+        f"# The eight methods on {setting['dataset']}, protocol={setting['protocol']}", "",
+        f"- data: **{kind}** (`{setting['dataset']}`)" + (f": {caveat}" if caveat else ""),
+        f"- protocol: {words.protocols[setting['protocol']]}",
+        f"- intervals: 95% percentile intervals from {setting['num_samples']} bootstrap "
+        "samples of persons (all images of a drawn person, twice if drawn twice)",
+    ]
+    if setting["runlocal"]:
+        lines.append("- runlocal: every config ran its runlocal variant (a shrunk run for a "
+                     "laptop CPU; each run's size is under 'What ran')")
+    lines += [f"- {c}" for c in setting.get("changes", ())]
+    lines += ["", "## Accuracy (%) [95% interval by person]", "",
+              "| method | " + " | ".join(tasks) + " |",
+              "|---|" + "---:|" * len(tasks)]
+    for m in methods:
+        lines.append(f"| {titles[m]} | "
+                     + " | ".join(_cell(rows, m, t, "accuracy", _pct) for t in tasks) + " |")
+    lines.append("| *majority class (floor)* | "
+                 + " | ".join(_pct(floor[t]) for t in tasks) + " |")
+    lines += ["", "## Balanced accuracy (%) and macro-F1 [95% intervals]", "",
+              "| method | " + " | ".join(f"{t} bal. acc. | {t} macro-F1" for t in tasks) + " |",
+              "|---|" + "---:|---:|" * len(tasks)]
+    f3 = lambda x: f"{x:.3f}"  # noqa: E731
+    for m in methods:
+        cells = [c for t in tasks for c in (_cell(rows, m, t, "balanced_accuracy", _pct),
+                                            _cell(rows, m, t, "macro_f1", f3))]
+        lines.append(f"| {titles[m]} | " + " | ".join(cells) + " |")
+    lines += _study_runs(rows, tasks, runs)
+    if notes:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
+    lines += ["", "![accuracy by method and task](study.png)", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def _study_runs(rows, tasks, runs) -> list[str]:
+    """study.md's test sizes and its 'What ran' table, with the runs' total time."""
+    first = {t: next(r for r in rows if r["task"] == t) for t in tasks}
+    n_line = ", ".join(
+        f"{t}: {r['n']} images" + (f" of {r['persons']} persons" if r["persons"] else "")
+        for t, r in first.items())
+    lines = ["", f"Test examples: {n_line}. The majority-class rate is the accuracy of "
+             "always answering the most frequent class of the test labels.", "",
+             "## What ran", "", "| run | config | what | status | seconds |",
+             "|---|---|---|---|---:|"]
+    for r in runs:
+        secs = "" if r.get("seconds") is None else f"{r['seconds']:.0f}"
+        lines.append(f"| {r['folder']} | `{r['config']}` | {r['description']} | "
+                     f"{r['status']} | {secs} |")
+    timed = [r["seconds"] for r in runs if r.get("seconds") is not None]
+    if timed:
+        lines += ["", f"The runs took {sum(timed) / 60:.1f} minutes in all"
+                  + ("" if len(timed) == len(runs) else f" ({len(timed)} of {len(runs)} "
+                     "timed)") + "."]
+    return lines
+
+
+def write_plot(path: str, rows, floor: dict, setting: dict, words: Wording) -> None:
+    """study.png: accuracy bars grouped by task, one bar per method, interval error bars,
+    the majority-class rate as a dashed line over each group."""
+    # A Figure of its own, not pyplot: no GUI backend is chosen or needed to save a PNG.
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    methods, tasks = _ordered(rows, words)
+    acc = {(r["method"], r["task"]): r for r in rows if r["metric"] == "accuracy"}
+    width = 0.8 / max(len(methods), 1)
+    fig = Figure(figsize=(2.4 * len(tasks) + 3, 4.5))
+    ax = fig.subplots()
+    colors = matplotlib.colormaps["tab10"]
+    for i, m in enumerate(methods):
+        xs, ys, err = [], [], [[], []]
+        for j, t in enumerate(tasks):
+            r = acc.get((m, t))
+            if r is None:
+                continue
+            xs.append(j - 0.4 + (i + 0.5) * width)
+            ys.append(r["value"])
+            has = not math.isnan(r["low"])
+            err[0].append(r["value"] - r["low"] if has else 0.0)
+            err[1].append(r["high"] - r["value"] if has else 0.0)
+        ax.bar(xs, ys, width, yerr=np.maximum(np.asarray(err), 0.0), capsize=2,
+               label=setting.get("titles", {}).get(m, words.titles[m]), color=colors(i % 10))
+    for j, t in enumerate(tasks):
+        ax.hlines(floor[t], j - 0.45, j + 0.45, colors="black", linestyles="dashed",
+                  label="majority class" if j == 0 else None)
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test accuracy (95% interval by person)")
+    kind = words.data[setting["data"]][0]
+    ax.set_title(f"{kind} ({setting['dataset']}), protocol={setting['protocol']}")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+# --- several protocols side by side: the copy leak ------------------------------------
+
+
+def write_leak_csv(path: str, rows, inflation) -> None:
+    """Accuracy rows (kind ``accuracy``, one per method x task x protocol) and inflation
+    rows (kind ``inflation``, protocol ``study-<other>``): value, low, high as fractions."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["kind", "method", "task", "protocol", "value", "low", "high", "n",
+                    "persons"])
+        for r in rows:
+            w.writerow(["accuracy", r["method"], r["task"], r["protocol"], _num(r["value"]),
+                        _num(r["low"]), _num(r["high"]), r["n"],
+                        "" if r["persons"] is None else r["persons"]])
+        for r in inflation:
+            w.writerow(["inflation", r["method"], r["task"], f"study-{r['versus']}",
+                        _num(r["value"]), _num(r["low"]), _num(r["high"]), "", ""])
+
+
+def write_leak_markdown(path: str, rows, inflation, setting: dict, words: Wording) -> None:
+    """leak.md: accuracy per protocol side by side and the study protocol's inflation."""
+    protocols = setting["protocols"]
+    others = [p for p in protocols if p != "study"]
+    methods, tasks = _ordered(rows, words)
+    acc = {(r["method"], r["task"], r["protocol"]): r for r in rows}
+    up = {(r["method"], r["task"], r["versus"]): r for r in inflation}
+    lines = _leak_setting(setting, len(methods), words)
+    lines += ["", "## Accuracy (%) [95% interval by person] and the study protocol's "
+              "inflation (points)", "",
+              "| method | task | " + " | ".join(protocols) + " | "
+              + " | ".join(f"study − {p}" for p in others) + " |",
+              "|---|---|" + "---:|" * (len(protocols) + len(others))]
+    for m in methods:
+        for t in tasks:
+            cells = [_interval(acc.get((m, t, p)), _pct) for p in protocols]
+            cells += [_interval(up.get((m, t, p)), _sign) for p in others]
+            lines.append(f"| {words.titles[m]} | {t} | " + " | ".join(cells) + " |")
+    lines += ["", "## Mean inflation over tasks (points)", "",
+              "| method | " + " | ".join(f"study − {p}" for p in others) + " |",
+              "|---|" + "---:|" * len(others)]
+    for m in methods:
+        means = []
+        for p in others:
+            v = [up[m, t, p]["value"] for t in tasks if (m, t, p) in up]
+            means.append(_sign(float(np.mean(v))) if v else "not run")
+        lines.append(f"| {words.titles[m]} | " + " | ".join(means) + " |")
+    lines += ["", "## What ran", "", "| run | what |", "|---|---|"]
+    lines += [f"| {folder} | {text} |" for folder, text in setting["descriptions"].items()]
+    lines += ["", "Each protocol's own report: "
+              + ", ".join(f"[{p}/study.md]({p}/study.md)" for p in protocols) + ".", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def _leak_setting(setting: dict, num_methods: int, words: Wording) -> list[str]:
+    """leak.md's title and the list of what was compared, how, and how long it took."""
+    protocols = setting["protocols"]
+    kind, caveat = words.data[setting["data"]]
+    lines = [f"# The copy leak: {num_methods} methods on {setting['dataset']} under "
+             + ", ".join(protocols), "",
+             f"- data: `{setting['dataset']}` ({kind}" + (f": {caveat})" if caveat else ")")]
+    lines += [f"- protocol {p}: {words.protocols[p]}" for p in protocols]
+    if setting.get("leak"):
+        lk = setting["leak"]
+        lines.append(f"- under protocol study, {lk['with_copy_in_train']} of the "
+                     f"{lk['test_images']} test images ({lk['test_photos']} photos) have "
+                     "another masked copy of their photo in the training split")
+    lines += [
+        f"- intervals: 95% percentile intervals from {setting['num_samples']} bootstrap "
+        "samples of persons; an inflation's interval resamples the persons of both test "
+        "sets together (`bootstrap.paired_difference`)",
+        "- inflation: accuracy under protocol study minus that under the other protocol, "
+        "in points; above 0, the study's protocol flatters the method"]
+    if setting["runlocal"]:
+        lines.append("- runlocal: every config ran its runlocal variant (each run's size is "
+                     "under 'What ran')"
+                     + (f"; shortened to the methods {', '.join(setting['methods'])} so that "
+                        f"the {len(protocols)} protocols fit about 30 minutes on two CPU "
+                        "cores" if setting.get("shortened") else ""))
+    if setting.get("command"):
+        lines.append(f"- command: `{setting['command']}`")
+    secs = setting["seconds"]
+    lines.append("- wall time: " + ", ".join(f"{p} {secs[p] / 60:.1f} min" for p in protocols)
+                 + f"; {sum(secs.values()) / 60:.1f} min in all (0 for finished runs reused)")
+    return lines
+
+
+# --- what the mask costs --------------------------------------------------------------
+
+
+def _sized(s: dict) -> str:
+    return f"{s['images']:,} images of {s['photos']:,} photos, {s['persons']} persons"
+
+
+def write_mask_gap_markdown(path: str, rows, gaps, costs, setting: dict, runs,
+                            words: Wording, trainings: dict[str, str],
+                            shortening: dict) -> None:
+    """mask_gap.md: per method, a table of task x training set with both tests and the gap.
+
+    ``trainings``: training set -> its name in words; ``shortening``: what --runlocal
+    changed in the configs (``{key: value}``).
+    """
+    lines = _mask_gap_setting(rows, setting, words, shortening)
+    floor = {}
+    for r in rows:
+        floor.setdefault((r["task"], r["test"]), r["majority_rate"])
+    for m in dict.fromkeys(r["method"] for r in rows):
+        lines += ["", f"## {words.titles[m]}", "",
+                  "| task | trained on | masked test | unmasked test | gap (unmasked − masked) |",
+                  "|---|---|---:|---:|---:|"]
+        acc = {(r["task"], r["train"], r["test"]): r for r in rows if r["method"] == m}
+        for g in (g for g in gaps if g["method"] == m):
+            lines.append(f"| {g['task']} | {trainings[g['train']]} | "
+                         f"{_bounds(acc[g['task'], g['train'], 'masked'], _pct)} | "
+                         f"{_bounds(acc[g['task'], g['train'], 'unmasked'], _pct)} | "
+                         f"{_bounds(g, _sign)} |")
+        mine = [c for c in costs if c["method"] == m]
+        if mine:
+            lines += ["", "Cost of the mask, trained and tested alike (points): "
+                      + "; ".join(f"{c['task']} {_bounds(c, _sign)} "
+                                  f"(vs {trainings[c['train']]})" for c in mine) + "."]
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    lines += ["", "Majority-class rate (floor): " + ", ".join(
+        f"{t} {_pct(floor[t, 'masked'])} (masked test), {_pct(floor[t, 'unmasked'])} "
+        "(unmasked)" for t in tasks) + ".", "", "## What ran", "",
+        "| run | what | steps | status | seconds |", "|---|---|---:|---|---:|"]
+    for r in runs:
+        secs = "" if r.get("seconds") is None else f"{r['seconds']:.0f}"
+        lines.append(f"| {r['folder']} | {r['description']} | {r['steps']} | {r['status']} "
+                     f"| {secs} |")
+    lines.append("")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def _mask_gap_setting(rows, setting: dict, words: Wording, shortening: dict) -> list[str]:
+    """mask_gap.md's title and the list of the data, test and training sets, and method."""
+    sizes, names = setting["sizes"], setting["splits"]
+    kind, caveat = words.data[setting["data"]]
+    lines = [f"# What the mask costs: {setting['dataset']}, protocol={setting['protocol']}",
+             "",
+             f"- data: `{setting['dataset']}` ({kind}: {caveat})",
+             f"- protocol {setting['protocol']}: " + words.protocols[setting["protocol"]],
+             f"- masked test: `{names['test']}`, {_sized(sizes['test'])}; unmasked test: "
+             f"`{names['unmasked_test']}`, {_sized(sizes['unmasked_test'])} (the twins "
+             "of the same photos)",
+             f"- trained on `{names['train']}` masked, all copies ({_sized(sizes['masked'])})"
+             + (f"; masked, one copy a photo drawn at random ({_sized(sizes['masked_one'])})"
+                if "masked_one" in {r["train"] for r in rows} else "")
+             + f"; unmasked twins `{names['unmasked_train']}` ({_sized(sizes['unmasked'])})",
+             "- every run of a method trains the same number of steps (those of the masked, "
+             "all-copies run), each early-stopped on its own validation subset carved from "
+             "its training set (photo- or person-disjoint, as the protocol)",
+             f"- intervals: 95% percentile intervals from {setting['num_samples']} bootstrap "
+             "samples of test persons; a gap's interval is a paired bootstrap (both test sets "
+             "hold the same persons and photos)",
+             "- gap: accuracy on the unmasked test minus that on the masked test, in points, "
+             "for one model; cost: a model trained and tested on unmasked faces minus one "
+             "trained and tested on masked faces"]
+    if setting["runlocal"]:
+        lines.append("- runlocal: the runlocal configs (a shrunk run for a laptop CPU), "
+                     "shortened for the mask gap: " + ", ".join(
+                         f"{k}={v:g}" for k, v in shortening.items())
+                     + " (of the all-copies set; see 'What ran')")
+    if setting.get("command"):
+        lines.append(f"- command: `{setting['command']}`")
+    lines.append(f"- wall time: {setting['seconds'] / 60:.1f} min (0 for finished runs "
+                 "reused)")
+    return lines

@@ -1,0 +1,193 @@
+"""The study under several protocols side by side: the copy leak.
+
+    out = run_comparison(workdir, ("study", "photo", "subject"), data="synthetic_paired")
+
+Each protocol's study runs in ``workdir/<protocol>`` (`study.run_study`); then, per
+method and task, the accuracy under each protocol and the points by which the study's
+random image split inflates it over the others, with an interval from a paired
+bootstrap over persons (`bootstrap.paired_difference`). On ``synthetic_paired`` (about
+3.4 masked copies of each photo) that measures the copy leak of the study's protocol:
+test images whose photo was trained on under another mask.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+
+from fgmask_jax import config_lib, errors
+from fgmask_jax.evaluation import bootstrap, tables
+from fgmask_jax.experiments import study
+
+# Several protocols at once under --runlocal without --methods: the classical methods
+# that fit in a minute or two and the two multi-task networks, so that three protocols
+# finish in about 30 minutes on two CPU cores.
+RUNLOCAL_METHODS = ("lbp", "tiny_image", "eigenface", "multitask_cnn", "multitask_resnet")
+
+
+def correct_of(folder: str, task: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(correct bool[N], subject_ids int[N]) of a run's test predictions, or None."""
+    p = study.load_predictions(folder, (task,))
+    if p is None:
+        return None
+    return p[f"label_{task}"] == p[f"pred_{task}"], p["subject_id"]
+
+
+def leaked_copies(dataset: str, data_dir: str) -> dict | None:
+    """How many test images of the study split have another copy of their photo in its
+    training split: {"test_images", "with_copy_in_train", "test_photos"}, or None when
+    the dataset records no photo ids."""
+    from fgmask_jax.data import pipeline
+
+    ids = []
+    for split in pipeline.split_names("study"):
+        labels = pipeline.read_labels(pipeline.open_split(dataset, split, data_dir))
+        if "photo_id" not in labels:
+            return None
+        ids.append(labels["photo_id"])
+    train, test = ids
+    leaked = np.isin(test, train)
+    return {"test_images": int(len(test)), "with_copy_in_train": int(leaked.sum()),
+            "test_photos": int(len(np.unique(test)))}
+
+
+def check_protocols(protocols: tuple[str, ...]) -> None:
+    """Raises `errors.ConfigError` unless ``protocols`` are two or more different known
+    ones, ``study`` among them."""
+    if len(protocols) < 2 or len(set(protocols)) != len(protocols) or "study" not in protocols:
+        raise errors.ConfigError(
+            f"protocols {','.join(protocols) or '(none)'}: give two or more different ones, "
+            "study among them (e.g. study,photo,subject)")
+    for p in protocols:
+        if p not in config_lib.PROTOCOLS:
+            raise errors.ConfigError(
+                f"protocol={p!r} is not one of: {', '.join(config_lib.PROTOCOLS)}")
+
+
+def run_comparison(workdir: str, protocols, *, data: str = "synthetic_paired",
+                   runlocal: bool = False, methods=None, num_samples: int = 1000,
+                   seed: int = 0, command: str = "", **study_kwargs) -> dict:
+    """The study under several protocols, side by side: how much the study's protocol
+    inflates each method (the copy leak).
+
+    Runs `study.run_study` in ``workdir/<protocol>`` for each protocol (finished runs are
+    reused), then writes ``workdir/leak.md``, ``leak.csv`` and ``leak.json``: per method
+    and task the accuracy [95% person-bootstrap interval] under each protocol, and the
+    points by which protocol ``study`` exceeds each other one, with an interval from
+    `bootstrap.paired_difference`.
+
+    Args:
+      protocols: two or more of config_lib.PROTOCOLS, ``study`` among them.
+      methods: None -> RUNLOCAL_METHODS under ``runlocal``, else all of study.METHODS.
+      command: the command line, for the outputs.
+      study_kwargs: passed on to `study.run_study` (resnet, dataset, data_dir, ...).
+
+    Returns:
+      {"rows": [{method, task, protocol, value, low, high, n, persons}], "inflation":
+      [{method, task, versus, value, low, high}], "seconds": {protocol: s}, "leak": ...}.
+
+    Raises:
+      errors.ConfigError: fewer than two protocols, a repeated one, none of them
+        ``study``, or a protocol, data or method that `study.plan` refuses; checked
+        before anything runs.
+    """
+    from fgmask_jax.evaluation import writers
+
+    protocols = tuple(protocols)
+    check_protocols(protocols)
+    shortened = methods is None and runlocal
+    methods = tuple(methods or (RUNLOCAL_METHODS if runlocal else study.METHODS))
+    for p in protocols:  # every argument checked before anything runs
+        study.plan(data, p, runlocal=runlocal, methods=methods,
+                   resnet=study_kwargs.get("resnet", ""))
+    studies, seconds = {}, {}
+    for p in protocols:
+        t0 = time.perf_counter()
+        studies[p] = study.run_study(os.path.join(workdir, p), data=data, protocol=p,
+                                     runlocal=runlocal, methods=methods,
+                                     num_samples=num_samples, seed=seed, **study_kwargs)
+        seconds[p] = round(time.perf_counter() - t0, 1)
+    rows = accuracy_rows(studies)
+    runs = study.plan(data, "study", runlocal=runlocal, methods=methods)
+    inflation = inflation_rows(workdir, runs, rows, protocols, num_samples=num_samples,
+                               seed=seed)
+    dataset, leak = copies_in_study_split(runs, study_kwargs)
+    setting = {"data": data, "dataset": dataset, "protocols": list(protocols),
+               "runlocal": runlocal, "methods": list(methods), "shortened": shortened,
+               "num_samples": num_samples, "command": command, "seconds": seconds,
+               "descriptions": {r["folder"]: r["description"]
+                                for r in studies["study"]["runs"]},
+               "leak": leak}
+    tables.write_leak_csv(os.path.join(workdir, "leak.csv"), rows, inflation)
+    tables.write_leak_markdown(os.path.join(workdir, "leak.md"), rows, inflation, setting,
+                               study.WORDING)
+    writers.write_json(os.path.join(workdir, "leak.json"),
+                       {"setting": setting, "rows": rows, "inflation": inflation})
+    return {"rows": rows, "inflation": inflation, "seconds": seconds, "leak": leak,
+            "studies": studies}
+
+
+def accuracy_rows(studies: dict[str, dict]) -> list[dict]:
+    """The accuracy rows of each protocol's study, with their protocol."""
+    return [{"protocol": p, **{k: r[k] for k in ("method", "task", "value", "low", "high",
+                                                  "n", "persons")}}
+            for p, out in studies.items() for r in out["rows"] if r["metric"] == "accuracy"]
+
+
+def inflation_rows(workdir: str, runs, rows, protocols, *, num_samples: int,
+                   seed: int) -> list[dict]:
+    """Per method, task and other protocol: accuracy under ``study`` minus that under the
+    other one, with a paired interval where both runs kept their predictions (else nan).
+    """
+    folders = {(r.method, t): r.folder for r in runs for t in r.tasks}
+    value = {(r["method"], r["task"], r["protocol"]): r for r in rows}
+    inflation = []
+    for (method, task), folder in folders.items():
+        if (method, task, "study") not in value:
+            continue
+        ours = correct_of(os.path.join(workdir, "study", folder), task)
+        for p in (p for p in protocols if p != "study"):
+            theirs = correct_of(os.path.join(workdir, p, folder), task)
+            point = value[method, task, "study"]["value"] - value[method, task, p]["value"]
+            d = (bootstrap.paired_difference(ours, theirs, num_samples=num_samples, seed=seed)
+                 if ours is not None and theirs is not None
+                 else {"low": math.nan, "high": math.nan})
+            inflation.append({"method": method, "task": task, "versus": p, "value": point,
+                              "low": d["low"], "high": d["high"]})
+    return inflation
+
+
+def copies_in_study_split(runs, study_kwargs: dict) -> tuple[str, dict | None]:
+    """(the dataset of the runs, `leaked_copies` of its study split)."""
+    from fgmask_jax.data import pipeline
+
+    configs = [study.make_config(r, **{k: v for k, v in study_kwargs.items()
+                                       if k in ("dataset", "data_dir")})
+               for r in runs]
+    return configs[0].dataset, leaked_copies(configs[0].dataset,
+                                             pipeline.data_dir(configs[0]))
+
+
+def run_protocols(workdir: str, protocols, *, data: str, methods=None, command: str = "",
+                  **study_kwargs) -> str:
+    """The study under one protocol (`study.run_study`) or several side by side
+    (`run_comparison`); returns a line that says what ran and where its report is.
+
+    ``methods``: None -> study.METHODS under one protocol, `run_comparison`'s default
+    under several; ``command`` (the command line) goes in the comparison's outputs.
+    """
+    protocols = tuple(protocols)
+    if len(protocols) > 1:
+        out = run_comparison(workdir, protocols, data=data, methods=methods, command=command,
+                             **study_kwargs)
+        total = sum(out["seconds"].values())
+        return (f"study: {len(protocols)} protocols in {total:.0f}s; see "
+                f"{os.path.join(workdir, 'leak.md')}")
+    out = study.run_study(workdir, data=data, protocol=protocols[0] if protocols else "",
+                          methods=study.METHODS if methods is None else methods,
+                          **study_kwargs)
+    return (f"study: {len(out['runs'])} runs ({sum(r['status'] == 'ran' for r in out['runs'])} "
+            f"ran now) in {out['seconds']:.0f}s; see {os.path.join(workdir, 'study.md')}")

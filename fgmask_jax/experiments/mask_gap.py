@@ -1,0 +1,307 @@
+"""What the mask costs: models trained on masked or unmasked faces, each tested on both
+versions of the same test photos.
+
+    out = run_mask_gap(workdir, protocol="photo", methods=("multitask_cnn",), runlocal=True)
+
+Needs data with an unmasked twin of every masked photo (config_lib.PAIRED_DATA). Each
+study run (`study.plan`) of a neural method is trained on each training set (`Cell`) of
+the protocol's training photos: ``masked`` (every masked copy), ``masked_one`` (one
+masked copy per photo, `one_copy_per_photo`) and ``unmasked`` (the twins), all for the
+masked set's number of steps; each model is then tested on the masked test split and on
+its unmasked twin (`predict_split`). The gap is a model's accuracy on the unmasked test
+minus that on the masked test, with a paired bootstrap over the test persons
+(`bootstrap.paired_difference`); ``mask_gap.md`` and ``mask_gap.json`` hold the tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+from absl import logging
+
+from fgmask_jax import config_lib, errors
+from fgmask_jax.data import labels as labels_lib
+from fgmask_jax.evaluation import bootstrap, tables
+from fgmask_jax.experiments import study
+
+METHODS = ("multitask_cnn", "multitask_resnet", "single_task_cnn", "single_task_resnet")
+DEFAULT_METHODS = ("multitask_cnn", "multitask_resnet")
+# The protocols whose test photos are unseen in training, so that a test photo's twin is
+# unseen too.
+PROTOCOLS = ("photo", "subject")
+assert set(PROTOCOLS) <= set(config_lib.PROTOCOLS), "mask_gap.PROTOCOLS: an unknown protocol"
+DATA = config_lib.PAIRED_DATA  # the data with unmasked twins
+TRAININGS = ("masked", "masked_one", "unmasked")
+TRAINING_TEXT = {"masked": "masked, all copies", "masked_one": "masked, one copy a photo",
+                 "unmasked": "unmasked twins"}
+TESTS = ("masked", "unmasked")
+# --runlocal: the runlocal configs (ResNet-18 and the CNN at 64 px), shortened from 8 to 5
+# epochs of the all-copies set, so that the three training sets of the two default methods
+# fit about 30 minutes on two CPU cores (ResNet-18: about 5 minutes a run).
+RUNLOCAL_OVERRIDES = {"num_epochs": 5.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One training run: a study run (method, task) trained on one training set."""
+
+    run: study.Run
+    training: str  # one of TRAININGS
+
+    @property
+    def folder(self) -> str:
+        return os.path.join(self.run.folder, self.training)
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """The protocol's four splits, opened, and the training sets drawn from them."""
+
+    names: dict[str, str]  # {"train", "test", "unmasked_train", "unmasked_test"}: split names
+    sources: dict  # the same keys: their data sources
+    labels: dict[str, dict[str, np.ndarray]]  # the same keys: their labels
+    training: dict[str, tuple[str, np.ndarray]]  # training set -> (split key, indices)
+
+
+def splits_of(protocol: str) -> dict[str, str]:
+    """{"train", "test", "unmasked_train", "unmasked_test"}: the split names."""
+    from fgmask_jax.data import pipeline
+
+    train, test = pipeline.split_names(protocol)
+    return {"train": train, "test": test, "unmasked_train": pipeline.unmasked(train),
+            "unmasked_test": pipeline.unmasked(test)}
+
+
+def one_copy_per_photo(photo_ids: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Sorted indices of one image per photo, drawn at random: int64[photos]."""
+    photo_ids = np.asarray(photo_ids)
+    order = np.random.default_rng(seed).permutation(len(photo_ids))
+    _, first = np.unique(photo_ids[order], return_index=True)
+    return np.sort(order[first])
+
+
+def plan(protocol: str, *, methods=DEFAULT_METHODS, runlocal: bool = False,
+         resnet: str = "", one_copy: bool = True,
+         data: str = "synthetic_paired") -> list[Cell]:
+    """The cells of the mask gap: every run of ``methods`` on every training set.
+
+    Raises:
+      errors.ConfigError: an unknown protocol or method, or data without unmasked twins.
+    """
+    if protocol not in PROTOCOLS:
+        raise errors.ConfigError(
+            f"protocol={protocol!r} is not one of: {', '.join(PROTOCOLS)}")
+    if data not in DATA:
+        raise errors.ConfigError(
+            f"data={data!r}: the mask gap needs unmasked twins of the masked photos; only "
+            f"{' and '.join(DATA)} have them (fgnet_paired is FG-NET with masked copies: see "
+            "docs/beyond_the_study.md)")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise errors.ConfigError(
+            f"methods {unknown or '(none)'}: choose from {', '.join(METHODS)}")
+    trainings = TRAININGS if one_copy else ("masked", "unmasked")
+    runs = study.plan(data, protocol, runlocal=runlocal, methods=tuple(methods),
+                      resnet=resnet)
+    return [Cell(r, t) for r in runs for t in trainings]
+
+
+def step_budget(config, labels: dict[str, np.ndarray]) -> int:
+    """The steps of a run of ``config`` on the training set ``labels`` (its fit part)."""
+    from fgmask_jax import train
+
+    fit, _ = train.fit_val_indices(labels, config)
+    return train.step_counts(config, len(fit))[1]
+
+
+def predict_split(folder: str, source, config) -> dict[str, np.ndarray]:
+    """The run in ``folder`` on every image of ``source``: {subject_id, label_<task>,
+    pred_<task>}."""
+    from fgmask_jax.data import pipeline
+    from fgmask_jax.inference import Predictor
+
+    data = pipeline.load_all(source, np.arange(len(source)), config.image_size)
+    predictor = Predictor.from_workdir(folder, batch_size=config.batch_size)
+    probs = predictor.probabilities(data["image"])
+    out = {"subject_id": data["subject_id"].astype(np.int64)}
+    for task in config.tasks:
+        out[f"label_{task}"] = data[task].astype(np.int64)
+        out[f"pred_{task}"] = np.argmax(probs[task], -1).astype(np.int64)
+    return out
+
+
+def _load(path: str) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return {k: np.asarray(f[k]) for k in f.files}
+
+
+def run_mask_gap(workdir: str, *, protocol: str = "photo", methods=DEFAULT_METHODS,
+                 runlocal: bool = False, resnet: str = "", one_copy: bool = True,
+                 data: str = "synthetic_paired", dataset: str = "", data_dir: str = "",
+                 manual_dir: str = "", neural_overrides=None, num_samples: int = 1000,
+                 seed: int = 0, command: str = "") -> dict:
+    """Trains the missing cells, tests each on both test sets, writes mask_gap.md/json.
+
+    Args:
+      workdir: each run in ``workdir/<method>[/<task>]/<training set>``.
+      protocol: photo | subject: which photos are training and test photos.
+      one_copy: also train on one masked copy per photo (``masked_one``).
+      dataset, data_dir, manual_dir, neural_overrides: as `study.make_config` takes them.
+      num_samples, seed: of the person bootstrap (seed: also of the one-copy draw).
+      command: the command line, for the outputs.
+
+    Returns:
+      {"cells": [{method, task, train, test, value, low, high, n, persons}], "gaps":
+      [{method, task, train, value, low, high}], "runs": [{folder, status, seconds,
+      steps}], "sizes": {...}, "seconds": wall time}.
+
+    Raises:
+      errors.UserError: a protocol, data, method or override the mask gap has not
+        (`errors.ConfigError`), or data that cannot be built.
+    """
+    from fgmask_jax.evaluation import writers
+
+    began = time.perf_counter()
+    cells = plan(protocol, methods=methods, runlocal=runlocal, resnet=resnet,
+                 one_copy=one_copy, data=data)
+    overrides = [*(RUNLOCAL_OVERRIDES.items() if runlocal else ()),
+                 *(neural_overrides.items() if isinstance(neural_overrides, dict)
+                   else neural_overrides or ())]
+    configs = {c.run: study.make_config(c.run, dataset=dataset, data_dir=data_dir,
+                                        manual_dir=manual_dir, neural_overrides=overrides)
+               for c in cells}
+    first = next(iter(configs.values()))
+    splits = open_splits(first, protocol, seed)
+    sizes = sizes_of(splits)
+    os.makedirs(workdir, exist_ok=True)
+    json_path = os.path.join(workdir, "mask_gap.json")
+    previous = writers.read_json(json_path).get("runs", {})
+    records = {}
+    for cell in cells:
+        records[cell.folder] = train_and_test(workdir, cell, configs[cell.run], splits,
+                                              previous.get(cell.folder, {}))
+        writers.write_json(json_path, {"runs": {**previous, **records}})
+    rows, gaps, costs = score(workdir, cells, num_samples=num_samples, seed=seed)
+    seconds = time.perf_counter() - began
+    runs = [records[c.folder] for c in cells]
+    setting = {"data": data, "dataset": first.dataset, "protocol": protocol,
+               "splits": splits.names, "runlocal": runlocal, "methods": list(methods),
+               "num_samples": num_samples, "command": command, "sizes": sizes,
+               "seconds": round(seconds, 1)}
+    tables.write_mask_gap_markdown(os.path.join(workdir, "mask_gap.md"), rows, gaps, costs,
+                                   setting, runs, study.WORDING, TRAINING_TEXT,
+                                   RUNLOCAL_OVERRIDES)
+    writers.write_json(json_path, {"runs": {**previous, **records}, "setting": setting,
+                                   "cells": rows, "gaps": gaps, "costs": costs})
+    return {"cells": rows, "gaps": gaps, "costs": costs, "runs": runs, "sizes": sizes,
+            "seconds": seconds}
+
+
+def open_splits(config, protocol: str, seed: int) -> Splits:
+    """Builds ``config``'s dataset if it is missing, opens the protocol's four splits and
+    draws the training sets (``masked_one``'s copies with ``seed``)."""
+    from fgmask_jax.data import build, pipeline
+
+    build.build_or_explain(config.dataset, pipeline.data_dir(config),
+                                config.manual_dir or None)
+    names = splits_of(protocol)
+    sources = {k: pipeline.open_split(config.dataset, v, pipeline.data_dir(config))
+               for k, v in names.items()}
+    labels = {k: pipeline.read_labels(s) for k, s in sources.items()}
+    training = {"masked": ("train", np.arange(len(sources["train"]))),
+                "masked_one": ("train", one_copy_per_photo(labels["train"]["photo_id"], seed)),
+                "unmasked": ("unmasked_train", np.arange(len(sources["unmasked_train"])))}
+    return Splits(names, sources, labels, training)
+
+
+def sizes_of(splits: Splits) -> dict[str, dict[str, int]]:
+    """{training set or test split: {"images", "photos", "persons"}}."""
+
+    def size(labels, ix) -> dict[str, int]:
+        return {"images": int(len(ix)),
+                "photos": int(len(np.unique(labels["photo_id"][ix]))),
+                "persons": int(len(np.unique(labels["subject_id"][ix])))}
+
+    sizes = {t: size(splits.labels[src], ix) for t, (src, ix) in splits.training.items()}
+    for t in ("test", "unmasked_test"):
+        sizes[t] = size(splits.labels[t], np.arange(len(splits.sources[t])))
+    return sizes
+
+
+def train_and_test(workdir: str, cell: Cell, base_config, splits: Splits,
+                   previous: dict) -> dict:
+    """Trains ``cell`` unless it has results.json, and tests it on both test splits
+    unless both test files are there; returns its record for mask_gap.json:
+    {folder, steps, description, status, seconds}.
+
+    ``previous``: its record from an earlier call (for a finished run's time).
+    """
+    from fgmask_jax import train
+    from fgmask_jax.evaluation import writers
+
+    config = base_config.copy_and_resolve_references()
+    src, ix = splits.training[cell.training]
+    # Every training set gets the steps of the masked one: the same number of images
+    # seen, so the smaller sets are not also trained less.
+    masked = splits.training["masked"][1]
+    config.num_train_steps = step_budget(
+        base_config, {k: v[masked] for k, v in splits.labels["train"].items()})
+    folder = os.path.join(workdir, cell.folder)
+    files = {t: os.path.join(folder, f"test_{t}.npz") for t in TESTS}
+    record = {"folder": cell.folder, "steps": config.num_train_steps,
+              "description": study.describe(config)}
+    results = os.path.join(folder, "results.json")
+    if all(os.path.exists(p) for p in (*files.values(), results)):
+        logging.info("mask_gap: %s is finished; not run again", folder)
+        record.update(status="skipped", seconds=previous.get("seconds"))
+        return record
+    t0 = time.perf_counter()
+    if not os.path.exists(results):
+        logging.info("mask_gap: training %s (%s)", cell.folder, record["description"])
+        test = splits.sources["test"]
+        train.fit_and_test(config, folder, splits.sources[src], ix, test,
+                           np.arange(len(test)),
+                           test_name=f"masked {splits.names['test']} split")
+    for t, split in (("masked", "test"), ("unmasked", "unmasked_test")):
+        p = predict_split(folder, splits.sources[split], config)
+        writers.write_predictions(files[t], p["subject_id"],
+                                  {k: p[f"label_{k}"] for k in config.tasks},
+                                  {k: p[f"pred_{k}"] for k in config.tasks})
+    record.update(status="ran", seconds=round(time.perf_counter() - t0, 1))
+    return record
+
+
+def score(workdir: str, cells, *, num_samples: int, seed: int):
+    """(rows, gaps, costs) from the cells' test files: each model's accuracy on each test
+    split, each model's gap (unmasked test minus masked test), and the cost of the mask
+    (trained and tested unmasked minus trained and tested masked)."""
+    rows, gaps, costs = [], [], []
+    for run in dict.fromkeys(c.run for c in cells):
+        trainings = [c.training for c in cells if c.run == run]
+        preds = {(tr, te): _load(os.path.join(workdir, run.folder, tr, f"test_{te}.npz"))
+                 for tr in trainings for te in TESTS}
+        for task in run.tasks:
+            k = len(labels_lib.TASKS[task])
+            correct = {key: (p[f"label_{task}"] == p[f"pred_{task}"], p["subject_id"])
+                       for key, p in preds.items()}
+            for (tr, te), p in preds.items():
+                b = bootstrap.person_bootstrap(p[f"label_{task}"], p[f"pred_{task}"],
+                                               p["subject_id"], k, num_samples=num_samples,
+                                               seed=seed)
+                rows.append({"method": run.method, "task": task, "train": tr, "test": te,
+                             **b["accuracy"], "n": b["n"], "persons": b["persons"],
+                             "majority_rate": b["majority_rate"]})
+            for tr in trainings:
+                d = bootstrap.paired_difference(correct[tr, "unmasked"], correct[tr, "masked"],
+                                                num_samples=num_samples, seed=seed)
+                gaps.append({"method": run.method, "task": task, "train": tr, **d})
+            for tr in (t for t in trainings if t != "unmasked"):
+                # Trained and tested alike: unmasked on unmasked minus masked on masked.
+                d = bootstrap.paired_difference(correct["unmasked", "unmasked"],
+                                                correct[tr, "masked"],
+                                                num_samples=num_samples, seed=seed)
+                costs.append({"method": run.method, "task": task, "train": tr, **d})
+    return rows, gaps, costs

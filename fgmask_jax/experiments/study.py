@@ -1,0 +1,476 @@
+"""The study's eight methods, each trained through the functions ``fgmask_jax.main`` calls,
+and compared with confidence intervals by person.
+
+    out = run_study(workdir, data="synthetic", protocol="study", runlocal=True)
+
+`plan` names the runs (one per method, one per task for the single-task methods),
+`make_config` resolves each run's config, `run_study` runs the runs whose folder holds no
+``results.json`` yet and writes ``study.md``, ``study.csv``, ``study.png`` and
+``study.json`` (`evaluation.tables`); `summarize_run` reads one finished run back, with
+intervals from a bootstrap over persons when its per-image predictions are there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from fgmask_jax import config_lib, errors
+from fgmask_jax.data import labels as labels_lib
+from fgmask_jax.evaluation import bootstrap, tables
+
+CONFIGS_DIR = config_lib.CONFIGS_DIR
+TASKS = tuple(labels_lib.TASKS)
+METHODS = ("lbp", "tiny_image", "vgg_face", "eigenface", "single_task_cnn",
+           "single_task_resnet", "multitask_cnn", "multitask_resnet")
+TITLES = {"lbp": "LBP", "tiny_image": "Tiny Image", "vgg_face": "VGG-Face",
+          "eigenface": "Eigenface", "single_task_cnn": "single-task CNN",
+          "single_task_resnet": "single-task ResNet", "multitask_cnn": "multi-task CNN",
+          "multitask_resnet": "multi-task ResNet"}
+CLASSICAL = ("lbp", "tiny_image", "eigenface")  # and vgg_face when given weights
+PROTOCOL_TEXT = {
+    "study": "the study's random 75/25 image split (persons on both sides)",
+    "subject": "a subject-disjoint 75/25 split (no person in train and test)",
+    "photo": "75/25 of source photos: no masked copy of a test photo is trained on",
+    "lopo": "leave persons out (folds of persons; every image predicted once by a model "
+            "that never saw its person)"}
+_DRAWN = ("procedurally drawn faces, not photographs; these numbers say nothing about real "
+          "masked faces")
+# --data -> (what it is, what the numbers do not say), in the reports' words.
+DATA_TEXT = {
+    "fgnet_mask": ("FGNET-MASK", ""),
+    "synthetic": ("synthetic data", _DRAWN),
+    "synthetic_paired": ("synthetic data", _DRAWN),
+    "fgnet_paired": ("FG-NET with drawn masks", "FG-NET's photos with masks drawn from their "
+                     "landmarks by fgmask_jax.masks, not FGNET-MASK's own masked images"),
+}
+# The tables' words (`evaluation.tables`): methods in METHODS order. Every dataset and
+# protocol of the registry needs its words, or a report would fail after the runs.
+WORDING = tables.Wording(titles={m: TITLES[m] for m in METHODS}, data=DATA_TEXT,
+                         protocols=PROTOCOL_TEXT)
+assert set(DATA_TEXT) == set(config_lib.DATASETS), "DATA_TEXT: a dataset without words"
+assert set(PROTOCOL_TEXT) == set(config_lib.PROTOCOLS), "PROTOCOL_TEXT: a protocol without words"
+
+# --runlocal: the neural runs keep their runlocal configs (ResNet-18 and the CNN at 64 px,
+# 8 epochs: about 3 and 0.5 minutes each on two CPU cores). VGG-16 (134M parameters,
+# most in fc6; about 1.2 s a step of 32 images even at 32 px) would take over half an
+# hour at 64 px for 8 epochs, so the study runs it at 32 px for two epochs.
+RUNLOCAL_NEURAL: dict = {}
+RUNLOCAL_VGG = {"num_epochs": 2.0, "image_size": 32}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run of the study: a method (and its task, for single-task methods)."""
+
+    method: str
+    task: str | None  # None: every task in one run
+    spec: str  # configs/<file>.py:<variants>, as --config= takes it
+    overrides: tuple[tuple[str, object], ...] = ()  # the study's shortening (runlocal)
+
+    @property
+    def folder(self) -> str:
+        return os.path.join(self.method, self.task) if self.task else self.method
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return (self.task,) if self.task else TASKS
+
+
+def _check_plan(data: str, protocol: str, methods) -> None:
+    """Raises `errors.ConfigError` for data, a protocol or methods the study has not."""
+    if data not in config_lib.DATASETS:
+        raise errors.ConfigError(
+            f"data={data!r} is not one of: {', '.join(config_lib.DATASETS)}")
+    if protocol not in config_lib.PROTOCOLS:
+        raise errors.ConfigError(
+            f"protocol={protocol!r} is not one of: {', '.join(config_lib.PROTOCOLS)}")
+    if protocol == "photo" and data == "synthetic":
+        raise errors.ConfigError(
+            "protocol=photo needs data=synthetic_paired, fgnet_mask or fgnet_paired (the "
+            "data with several masked copies of one photo); in data='synthetic' each image "
+            "is its own photo, so photo would repeat protocol=study")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise errors.ConfigError(
+            f"methods {unknown or '(none)'}: choose from {', '.join(METHODS)}")
+
+
+def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
+         resnet: str = "", pretrained_resnet: str = "",
+         pretrained_vgg_face: str = "") -> list[Run]:
+    """The runs of the study.
+
+    Args:
+      data: fgnet_mask | synthetic | synthetic_paired | fgnet_paired.
+      protocol: study | subject | photo (synthetic_paired, fgnet_mask, fgnet_paired) | lopo.
+      runlocal: pass the runlocal variant to every config, and shorten the neural
+        runs by RUNLOCAL_NEURAL (VGG-16: RUNLOCAL_VGG).
+      methods: a subset of METHODS, run in METHODS order.
+      resnet: the ResNet of the ResNet methods; "" -> resnet18 under runlocal, else
+        resnet152 (the study's).
+      pretrained_resnet: a torchvision ResNet file (of ``resnet``'s depth) that the
+        ResNet methods fine-tune from, as the study did; "" -> trained from scratch.
+      pretrained_vgg_face: a local VGG-Face .safetensors file: VGG-Face is then the
+        classical fc7-features method, as in the study; "" -> VGG-16 trained end to end.
+
+    Raises:
+      errors.ConfigError: an unknown data, protocol, method or model (the message lists
+        the valid).
+    """
+    _check_plan(data, protocol, methods)
+    resnet = resnet or ("resnet18" if runlocal else "resnet152")
+    if resnet not in config_lib.MODELS:
+        raise errors.ConfigError(
+            f"resnet={resnet!r} is not one of: {', '.join(config_lib.MODELS)}")
+    common = f"data={data},protocol={protocol}" + (",runlocal" if runlocal else "")
+    neural_short = tuple(RUNLOCAL_NEURAL.items()) if runlocal else ()
+
+    def cfg(name: str, extra: str = "") -> str:
+        return os.path.join(CONFIGS_DIR, f"{name}.py") + ":" + ",".join(
+            filter(None, (extra, common)))
+
+    runs = []
+    for method in (m for m in METHODS if m in methods):
+        if method in CLASSICAL:
+            runs.append(Run(method, None, cfg(method)))
+        elif method == "vgg_face":
+            if pretrained_vgg_face:
+                runs.append(Run(method, None, cfg("vgg_face", f"weights={pretrained_vgg_face}")))
+            else:
+                # model=vgg16 spelled out, so that no runlocal default can swap the model.
+                runs.append(Run(method, None, cfg("vgg_face", "model=vgg16"),
+                                tuple(RUNLOCAL_VGG.items()) if runlocal else ()))
+        else:
+            kind, model = method.rsplit("_", 1)
+            model = f"{resnet},pretrained={pretrained_resnet}" if model == "resnet" and \
+                pretrained_resnet else (resnet if model == "resnet" else "cnn")
+            if kind == "single_task":
+                runs += [Run(method, t, cfg("single_task", f"task={t},model={model}"),
+                             neural_short) for t in TASKS]
+            else:
+                runs.append(Run(method, None, cfg("multitask", f"model={model}"), neural_short))
+    return runs
+
+
+# --- configs --------------------------------------------------------------------------
+
+
+def parse_overrides(items) -> list[tuple[str, str]]:
+    """``--neural_override`` values ``KEY=VALUE`` as (key, value) pairs.
+
+    Raises:
+      errors.ConfigError: an item without ``=``.
+    """
+    overrides = []
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise errors.ConfigError(f"--neural_override={item!r}: use KEY=VALUE")
+        overrides.append((key.strip(), value))
+    return overrides
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides) -> None:
+    """Sets ``key=value`` pairs (dotted keys; values converted to the field's type).
+
+    Raises:
+      errors.ConfigError: a key the config does not have (the message lists the valid
+        keys), or a value that does not convert to its field's type.
+    """
+    items = overrides.items() if isinstance(overrides, dict) else overrides
+    keys = config_lib.leaf_keys(config)
+    for key, value in items:
+        if key not in keys:
+            raise errors.ConfigError(
+                f"config has no key {key!r}; valid keys: {', '.join(keys)}")
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        try:
+            node[leaf] = _converted(node, leaf, value)
+        except (TypeError, ValueError) as e:
+            raise errors.ConfigError(f"{key}={value!r}: {e}") from None
+
+
+def _converted(node: ml_collections.ConfigDict, leaf: str, value):
+    """``value`` in the type of the field ``node[leaf]`` (a string parsed, an int widened)."""
+    old = node[leaf]
+    kind = type(old) if old is not None else node.get_ref(leaf).get_type()  # None: auto
+    if isinstance(value, str) and kind is not str:
+        if kind is bool:
+            return value.lower() in ("1", "true", "yes")
+        if kind in (int, float):
+            return kind(value)  # int("2.5") fails: no silent rounding
+    elif isinstance(old, float) and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def make_config(run: Run, *, dataset: str = "", data_dir: str = "", manual_dir: str = "",
+                neural_overrides=None, lopo_folds: int = 0) -> ml_collections.ConfigDict:
+    """The resolved config of one run: its config file, the study's shortening, the options.
+
+    ``dataset`` (e.g. ``synthetic_masked_faces/small``) replaces the config's dataset;
+    ``neural_overrides`` ({key: value}) applies to the neural runs after the study's own;
+    ``lopo_folds``: under protocol=lopo, the folds of persons of every run, so that all
+    methods are tested on the same folds; 0 -> the neural configs' default (10, or 5
+    under runlocal), where a classical config alone would take one fold per person.
+    """
+    config = config_lib.load(run.spec)
+    apply_overrides(config, run.overrides)
+    if config.protocol == "lopo":
+        config.lopo_folds = lopo_folds or config_lib.neural_config(
+            "runlocal" if config.runlocal else "", tasks=TASKS).lopo_folds
+    if is_neural(config) and neural_overrides:
+        apply_overrides(config, neural_overrides)
+    if dataset:
+        config.dataset = dataset
+    if data_dir:
+        config.data_dir = data_dir
+    if manual_dir:
+        config.manual_dir = manual_dir
+    return config
+
+
+def is_neural(config) -> bool:
+    from fgmask_jax import baselines
+
+    return config.get("method") not in baselines.METHODS
+
+
+def describe(config) -> str:
+    """What ran, in words: 'VGG-16 trained end to end at 32 px, 1 epoch' and the like."""
+    if not is_neural(config):
+        from fgmask_jax.baselines import run as run_lib
+
+        return f"{run_lib.describe(config)}; images at {config.image_size} px" + _folds(config)
+    length = (f"{config.num_train_steps} steps" if config.num_train_steps
+              else f"{config.num_epochs:g} epochs")
+    model = "VGG-16 trained end to end (no VGG-Face weights)" if config.model == "vgg16" \
+        else config.model
+    return (f"{model} at {config.image_size} px, {length} of batch {config.batch_size}"
+            + _folds(config))
+
+
+def _folds(config) -> str:
+    if config.protocol != "lopo":
+        return ""
+    return ("; one fold per person" if not config.lopo_folds
+            else f"; {config.lopo_folds} folds of persons")
+
+
+# --- reading a run --------------------------------------------------------------------
+
+
+def load_predictions(folder: str, tasks) -> dict[str, np.ndarray] | None:
+    """predictions.npz of a run: {subject_id, label_<task>, pred_<task>: int[N]}, or None.
+
+    Raises:
+      errors.DataError: the file lacks an array a task needs, or arrays differ in length.
+    """
+    path = os.path.join(folder, "predictions.npz")
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as f:
+        arrays = {k: np.asarray(f[k]) for k in f.files}
+    needed = ["subject_id", *(f"{p}_{t}" for t in tasks for p in ("label", "pred"))]
+    missing = [k for k in needed if k not in arrays]
+    if missing:
+        raise errors.DataError(
+            f"{path} lacks {', '.join(missing)} (it has {', '.join(arrays)})")
+    lengths = {len(arrays[k]) for k in needed}
+    if len(lengths) != 1:
+        raise errors.DataError(f"{path}: arrays of different lengths {sorted(lengths)}")
+    return arrays
+
+
+def summarize_run(folder: str, tasks, *, num_samples: int = 1000, seed: int = 0) -> dict:
+    """{task: {metric: {value, low, high}, n, persons, majority_rate}} and a note.
+
+    Point values come from the per-image predictions when present (and must equal
+    those of ``results.json``), intervals from `bootstrap.person_bootstrap`; without
+    predictions, values come from results.json and low/high are nan.
+
+    Returns:
+      {"tasks": {task: ...}, "intervals": bool, "note": str or None}.
+
+    Raises:
+      errors.DataError: predictions.npz and results.json from different runs.
+    """
+    with open(os.path.join(folder, "results.json")) as f:
+        results = json.load(f)["test"]
+    predictions = load_predictions(folder, tasks)
+    out, note = {}, None
+    for task in tasks:
+        r = results[task]
+        if predictions is None:
+            out[task] = {m: {"value": r[m], "low": math.nan, "high": math.nan}
+                         for m in bootstrap.METRICS}
+            out[task].update(n=r["n"], persons=None, majority_rate=r["majority_rate"])
+            continue
+        b = bootstrap.person_bootstrap(
+            predictions[f"label_{task}"], predictions[f"pred_{task}"],
+            predictions["subject_id"], len(labels_lib.TASKS[task]),
+            num_samples=num_samples, seed=seed)
+        for m in bootstrap.METRICS:
+            if not math.isclose(b[m]["value"], r[m], abs_tol=1e-9):
+                raise errors.DataError(
+                    f"{folder}: predictions.npz gives {task} {m} {b[m]['value']:.6f} but "
+                    f"results.json {r[m]:.6f}: the two come from different runs; delete the "
+                    "folder to run the method again")
+        out[task] = {m: b[m] for m in bootstrap.METRICS}
+        out[task].update(n=b["n"], persons=b["persons"], majority_rate=b["majority_rate"])
+    if predictions is None:
+        note = ("no per-image predictions (predictions.npz) in its folder: no interval; "
+                "values from its results.json")
+    return {"tasks": out, "intervals": predictions is not None, "note": note}
+
+
+# --- the study ------------------------------------------------------------------------
+
+
+def run_study(workdir: str, *, data: str = "synthetic", protocol: str = "study",
+              runlocal: bool = False, methods=METHODS, resnet: str = "",
+              pretrained_resnet: str = "", pretrained_vgg_face: str = "",
+              dataset: str = "", data_dir: str = "",
+              manual_dir: str = "", neural_overrides=None, lopo_folds: int = 0,
+              num_samples: int = 1000, seed: int = 0) -> dict:
+    """Runs the missing runs of the study in ``workdir`` and writes study.md/csv/png/json.
+
+    Args (see `plan` and `make_config` for the others):
+      workdir: the study's folder; each run in ``workdir/<method>[/<task>]``.
+      num_samples, seed: of the person bootstrap.
+
+    Returns:
+      {"rows": [{method, task, metric, value, low, high, n, persons}], "runs":
+      [{folder, status ('ran' | 'skipped'), seconds, config, description}],
+      "notes": [str], "seconds": wall time of this call}.
+
+    Raises:
+      errors.UserError: data, a protocol, a method or an override the study has not
+        (`errors.ConfigError`), data that cannot be built, or a finished run whose files
+        disagree (`errors.DataError`).
+    """
+    from fgmask_jax.evaluation import writers
+
+    began = time.perf_counter()
+    runs = plan(data, protocol, runlocal=runlocal, methods=methods, resnet=resnet,
+                pretrained_resnet=pretrained_resnet, pretrained_vgg_face=pretrained_vgg_face)
+    json_path = os.path.join(workdir, "study.json")
+    previous = writers.read_json(json_path).get("runs", {})
+    configs = [make_config(r, dataset=dataset, data_dir=data_dir, manual_dir=manual_dir,
+                           neural_overrides=neural_overrides, lopo_folds=lopo_folds)
+               for r in runs]
+    build_missing_data(workdir, runs, configs)
+    os.makedirs(workdir, exist_ok=True)
+    records = {}
+    for run, config in zip(runs, configs, strict=True):
+        records[run.folder] = run_once(workdir, run, config, previous.get(run.folder, {}))
+        writers.write_json(json_path, {"runs": {**previous, **records}})
+    rows, floor, notes = summarize_runs(workdir, runs, num_samples=num_samples, seed=seed)
+    seconds = time.perf_counter() - began
+    setting = {"data": data, "dataset": configs[0].dataset if configs else "",
+               "protocol": protocol, "runlocal": runlocal, "num_samples": num_samples,
+               "changes": changes_made(runs, configs, runlocal, neural_overrides),
+               "titles": titles_of(runs, configs)}
+    ran = [records[r.folder] for r in runs]
+    tables.write_csv(os.path.join(workdir, "study.csv"), rows, floor)
+    tables.write_markdown(os.path.join(workdir, "study.md"), rows, floor, setting, ran, notes,
+                          WORDING)
+    tables.write_plot(os.path.join(workdir, "study.png"), rows, floor, setting, WORDING)
+    writers.write_json(json_path, {"runs": {**previous, **records}, "setting": setting,
+                                   "last_call_seconds": round(seconds, 1)})
+    return {"rows": rows, "runs": ran, "notes": notes, "seconds": seconds}
+
+
+def build_missing_data(workdir: str, runs, configs) -> None:
+    """Builds the data of the runs still to do, before the workdir is made: data that
+    cannot be built stops the study with nothing written."""
+    from fgmask_jax.data import build, pipeline
+
+    for key in dict.fromkeys(
+            (c.dataset, pipeline.data_dir(c), c.manual_dir or None)
+            for r, c in zip(runs, configs, strict=True)
+            if not os.path.exists(os.path.join(workdir, r.folder, "results.json"))):
+        build.build_or_explain(*key)
+
+
+def run_once(workdir: str, run: Run, config, previous: dict) -> dict:
+    """Runs ``run`` unless its folder holds results.json; returns its record for
+    study.json: {folder, config, overrides, description, status, seconds}.
+
+    ``previous``: its record from an earlier call (for a skipped run's time and words).
+    """
+    from fgmask_jax import train
+    from fgmask_jax.baselines import run as run_lib
+
+    folder = os.path.join(workdir, run.folder)
+    record = {"folder": run.folder, "config": run.spec.replace(CONFIGS_DIR + os.sep,
+                                                                "configs/"),
+              "overrides": dict(run.overrides), "description": describe(config)}
+    if os.path.exists(os.path.join(folder, "results.json")):
+        logging.info("study: %s already holds results.json; not run again", folder)
+        record.update(status="skipped", seconds=previous.get("seconds"),
+                      description=previous.get("description", record["description"]))
+        return record
+    logging.info("study: running %s (%s)", run.folder, record["description"])
+    t0 = time.perf_counter()
+    if is_neural(config):
+        train.train_and_evaluate(config, folder)
+    else:
+        run_lib.run_and_evaluate(config, folder)
+    record.update(status="ran", seconds=round(time.perf_counter() - t0, 1))
+    logging.info("study: %s took %.0fs", run.folder, record["seconds"])
+    return record
+
+
+def summarize_runs(workdir: str, runs, *, num_samples: int, seed: int):
+    """(rows, floor, notes): one row per method x task x metric, the majority-class rate
+    of each task, and a note for each run without intervals."""
+    rows, floor, notes = [], {}, []
+    for run in runs:
+        s = summarize_run(os.path.join(workdir, run.folder), run.tasks,
+                          num_samples=num_samples, seed=seed)
+        if s["note"]:
+            notes.append(f"{TITLES[run.method]} (`{run.folder}`): {s['note']}")
+        for task, r in s["tasks"].items():
+            floor.setdefault(task, r["majority_rate"])
+            for m in bootstrap.METRICS:
+                rows.append({"method": run.method, "task": task, "metric": m, **r[m],
+                             "n": r["n"], "persons": r["persons"]})
+    return rows, floor, notes
+
+
+def changes_made(runs, configs, runlocal: bool, neural_overrides) -> list[str]:
+    """How the study changed the configs, in words."""
+    changes = []
+    if runlocal and RUNLOCAL_NEURAL:
+        changes.append("neural runs shortened for the study: "
+                       + ", ".join(f"{k}={v:g}" for k, v in RUNLOCAL_NEURAL.items()))
+    if any(r.method == "vgg_face" and is_neural(c) for r, c in zip(runs, configs, strict=True)):
+        vgg = next(c for r, c in zip(runs, configs, strict=True) if r.method == "vgg_face")
+        changes.append(f"VGG-Face ran as {describe(vgg)}"
+                       + ("; shortened for the study so that it fits 30 minutes on two CPU "
+                          "cores" if runlocal else ""))
+    if neural_overrides:
+        items = neural_overrides.items() if isinstance(neural_overrides, dict) \
+            else neural_overrides
+        changes.append("set on every neural run: "
+                       + ", ".join(f"{k}={v}" for k, v in items))
+    return changes
+
+
+def titles_of(runs, configs) -> dict[str, str]:
+    """{method: its title}, marked '(pretrained)' where its trunk started from weights."""
+    return {r.method: TITLES[r.method] + (" (pretrained)" if c.get("pretrained")
+                                          or c.get("init_weights") else "")
+            for r, c in zip(runs, configs, strict=True)}
