@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from fgmask_jax import cli
+from fgmask_jax import cli, errors
 from fgmask_jax.data import build
 
 
@@ -48,7 +48,7 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     args = flags.FLAGS
     build.check_name(args.dataset)
     build.build_or_explain(args.dataset, cli.absolute(args.data_dir),

@@ -30,7 +30,6 @@ from collections.abc import Callable
 from absl import app, flags
 
 from fgmask_jax import errors, signals
-from fgmask_jax.errors import UserError  # noqa: F401 - commands raise cli.UserError
 
 # The cache's size bound (least recently used entries go first) unless
 # JAX_COMPILATION_CACHE_MAX_SIZE says otherwise.

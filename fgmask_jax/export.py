@@ -51,7 +51,7 @@ The ONNX files go next to the StableHLO ones, so one ``DIR`` can hold both;
 
 from __future__ import annotations
 
-from fgmask_jax import cli
+from fgmask_jax import cli, errors
 from fgmask_jax.inference.export import FORMATS, export_as
 
 
@@ -73,7 +73,7 @@ def main(argv: list[str]) -> None:
     from absl import flags
 
     if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     args = flags.FLAGS
     print(export_as(args.format, cli.absolute(args.workdir), cli.absolute(args.out),
                     fold=args.fold))

@@ -38,7 +38,7 @@ import sys
 
 from absl import flags
 
-from fgmask_jax import cli
+from fgmask_jax import cli, errors
 from fgmask_jax.experiments import mask_gap
 from fgmask_jax.experiments.mask_gap import run_mask_gap
 from fgmask_jax.experiments.study import parse_overrides
@@ -75,7 +75,7 @@ def define_flags() -> None:
 
 def main(argv):
     if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
     workdir = cli.absolute(f.workdir)
     command = "python -m fgmask_jax.mask_gap " + " ".join(

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import sys
 
-from fgmask_jax import cli
+from fgmask_jax import cli, errors
 from fgmask_jax.inference import Predictor  # noqa: F401 - `from fgmask_jax.predict import Predictor`
 from fgmask_jax.inference.files import predict_to_file
 
@@ -63,7 +63,7 @@ def main(argv: list[str]) -> None:
     from absl import flags
 
     if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     # Errors only: a bad file is reported in the output, once, not also by OpenCV.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     args = flags.FLAGS

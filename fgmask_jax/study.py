@@ -41,7 +41,7 @@ import sys
 
 from absl import flags
 
-from fgmask_jax import cli, config_lib
+from fgmask_jax import cli, config_lib, errors
 from fgmask_jax.experiments import leak, study
 
 
@@ -91,7 +91,7 @@ def define_flags() -> None:
 
 def main(argv):
     if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
     # The command line without the workdir, for the comparison's outputs.
     command = "python -m fgmask_jax.study " + " ".join(

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from fgmask_jax import cli
+from fgmask_jax import errors
 from fgmask_jax.data import splits
 from fgmask_jax.evaluation import bootstrap, metrics
 from fgmask_jax.experiments import leak, study
@@ -278,7 +278,7 @@ def test_bad_protocols_are_one_line_errors_that_exit_2(tmp_path):
 
 def test_data_that_cannot_be_built_stops_before_any_folder_is_made(tmp_path):
     # fgnet_paired's archives are not in the (empty) manual dir.
-    with pytest.raises(cli.UserError, match="FGNET.zip"):
+    with pytest.raises(errors.UserError, match="FGNET.zip"):
         leak.run_comparison(str(tmp_path / "w"), ("study", "photo"), data="fgnet_paired",
                              methods=("lbp",), data_dir=str(tmp_path / "tfds"))
     assert not (tmp_path / "w").exists()
