@@ -165,7 +165,7 @@ def run(main: Callable[[list[str]], None], *, prog: str,
             return main(argv)
         except errors.UserError as e:
             fail(prog, str(e), 2)
-        except (FloatingPointError, errors.RunStopped) as e:
+        except errors.RunStopped as e:
             fail(prog, str(e), 1)
         except signals.Interrupted as e:
             fail(prog, str(e), 128 + e.signum)

@@ -37,3 +37,8 @@ class RunStopped(Exception):
 
 class CheckpointError(RunStopped, RuntimeError):
     """Checkpoints that cannot be written or read; the message names the folder."""
+
+
+class NonFiniteError(RunStopped, FloatingPointError):
+    """A step produced a non-finite loss or parameters; the message names the last good
+    checkpoint."""

@@ -1,17 +1,12 @@
-"""Checks a cluster before a long job: every process joins, prints its devices and an
-all-reduce, and exits 0 if the all-reduce is right.
-
-  srun python -m fgmask_jax.distributed                     # SLURM
-  launch/local.sh --module fgmask_jax.distributed 2 4       # 2 local processes
-
-The flags are those of ``python -m fgmask_jax.main`` for joining a cluster.
-"""
-
-from absl import app
+# The help of ``python -m fgmask_jax.distributed`` is the library's docstring (below): when a
+# process joins a cluster, and the check this command runs.
+from absl import app, flags
 
 from fgmask_jax import cli, distributed
 
+__doc__ = distributed.__doc__
 cli.define_cluster_flags()
+flags.adopt_module_key_flags(cli)  # --help lists them as this command's flags
 
 
 def main(argv: list[str]) -> None:

@@ -25,6 +25,8 @@ from absl import logging
 from fgmask_jax import config_lib, errors
 from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.evaluation import bootstrap, tables
+from fgmask_jax.experiments import method as method_lib
+from fgmask_jax.experiments.method import is_neural
 
 CONFIGS_DIR = config_lib.CONFIGS_DIR
 TASKS = tuple(labels_lib.TASKS)
@@ -241,12 +243,6 @@ def make_config(run: Run, *, dataset: str = "", data_dir: str = "", manual_dir: 
     return config
 
 
-def is_neural(config) -> bool:
-    from fgmask_jax import baselines
-
-    return config.get("method") not in baselines.METHODS
-
-
 def describe(config) -> str:
     """What ran, in words: 'VGG-16 trained end to end at 32 px, 1 epoch' and the like."""
     if not is_neural(config):
@@ -410,9 +406,6 @@ def run_once(workdir: str, run: Run, config, previous: dict) -> dict:
 
     ``previous``: its record from an earlier call (for a skipped run's time and words).
     """
-    from fgmask_jax import train
-    from fgmask_jax.baselines import run as run_lib
-
     folder = os.path.join(workdir, run.folder)
     record = {"folder": run.folder, "config": run.spec.replace(CONFIGS_DIR + os.sep,
                                                                 "configs/"),
@@ -424,10 +417,7 @@ def run_once(workdir: str, run: Run, config, previous: dict) -> dict:
         return record
     logging.info("study: running %s (%s)", run.folder, record["description"])
     t0 = time.perf_counter()
-    if is_neural(config):
-        train.train_and_evaluate(config, folder)
-    else:
-        run_lib.run_and_evaluate(config, folder)
+    method_lib.train_and_test(config, folder)
     record.update(status="ran", seconds=round(time.perf_counter() - t0, 1))
     logging.info("study: %s took %.0fs", run.folder, record["seconds"])
     return record

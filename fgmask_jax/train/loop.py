@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from fgmask_jax import checkpointing, signals
+from fgmask_jax import checkpointing, errors, signals
 from fgmask_jax.data import pipeline
 from fgmask_jax.evaluation import writers
 from fgmask_jax.train import evaluate as evaluate_lib
@@ -228,7 +228,7 @@ def check_finite(step: int, scalars: dict, ckpt: checkpointing.Checkpointer) -> 
     loss, l2_params = (float(v) for v in jax.device_get((scalars["loss"], scalars["l2_params"])))
     if not (math.isfinite(loss) and math.isfinite(l2_params)):
         ckpt.wait()
-        raise FloatingPointError(
+        raise errors.NonFiniteError(
             f"non-finite loss ({loss}) at step {step}; the last good checkpoint is step "
             f"{ckpt.latest_step()} in {ckpt.directory}. Lower config.learning_rate or set "
             "config.clip_norm, then rerun the same command to resume from it."
