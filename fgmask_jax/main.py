@@ -102,10 +102,7 @@ def main(argv):
     workdir = cli.absolute(flags.FLAGS.workdir)
     config.data_dir = cli.absolute(config.data_dir)
     config.manual_dir = cli.absolute(config.manual_dir)
-    try:  # joins a cluster job; before any JAX computation
-        distributed.maybe_initialize(cli.cluster_options())
-    except (ValueError, distributed.ClusterJoinError) as e:
-        raise errors.UserError(str(e)) from None
+    distributed.maybe_initialize(cli.cluster_options())  # before any JAX computation
     # After flag parsing: grain workers need parsed flags.
     from fgmask_jax.experiments.method import run_method
 

@@ -17,11 +17,15 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "fgmask_jax"
+BUILDERS = ROOT / "tfds_builder"  # shipped as fgmask_jax.tfds_builder
 FLAG_MODULES = ("absl.flags", "absl.app", "ml_collections.config_flags")
 COMMAND_SUPPORT = ("fgmask_jax.cli",)
 # Lower layers never import these (a model knows nothing of data or training; the data
 # and the masks know nothing of the trainer; masks are below data).
 FORBIDDEN = {
+    "fgmask_jax.tfds_builder": ("fgmask_jax.train", "fgmask_jax.runs", "fgmask_jax.experiments",
+                                "fgmask_jax.inference", "fgmask_jax.baselines",
+                                "fgmask_jax.models", "fgmask_jax.evaluation"),
     "fgmask_jax.models": ("fgmask_jax.data", "fgmask_jax.train", "fgmask_jax.evaluation",
                           "fgmask_jax.runs", "fgmask_jax.experiments", "fgmask_jax.inference",
                           "fgmask_jax.baselines"),
@@ -36,6 +40,8 @@ FORBIDDEN = {
 
 def module_name(path: pathlib.Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
+    if parts[0] == BUILDERS.name:
+        parts = ("fgmask_jax", *parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -61,8 +67,9 @@ def imported(name: str, tree: ast.Module) -> set[str]:
 
 
 def modules() -> dict[str, tuple[pathlib.Path, ast.Module]]:
-    return {module_name(p): (p, ast.parse(p.read_text(), str(p)))
-            for p in sorted(PACKAGE.rglob("*.py"))}
+    paths = [*PACKAGE.rglob("*.py"), *(p for p in BUILDERS.rglob("*.py")
+                                         if not p.name.endswith("_test.py"))]
+    return {module_name(p): (p, ast.parse(p.read_text(), str(p))) for p in sorted(paths)}
 
 
 MODULES = modules()

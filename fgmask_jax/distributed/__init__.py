@@ -37,12 +37,14 @@ import time
 
 from absl import logging
 
+from fgmask_jax import errors
+
 ENV_SWITCH = "FGMASK_DISTRIBUTED"
 # JAX's cluster environments that may start a run on their own (see jax._src.clusters).
 # Kubernetes and mpi4py are left out: they need --distributed=on to be used.
 AUTO_CLUSTERS = ("slurm", "ompi", "gcetpu", "gketpu")
 
-class ClusterJoinError(RuntimeError):
+class ClusterJoinError(errors.UserError, RuntimeError):
     """This process could not join the multi-process cluster."""
 
 
@@ -90,7 +92,7 @@ def mode_from(flag_value: str, flag_given: bool, environ=os.environ) -> str:
         return "on"
     if value in ("0", "off", "false", "no"):
         return "off"
-    raise ValueError(f"{ENV_SWITCH}={environ[ENV_SWITCH]!r}: use 1 (on), 0 (off) or auto")
+    raise errors.ConfigError(f"{ENV_SWITCH}={environ[ENV_SWITCH]!r}: use 1 (on), 0 (off) or auto")
 
 
 def _parse_device_ids(text: str) -> tuple[int, ...] | str:
@@ -101,11 +103,11 @@ def _parse_device_ids(text: str) -> tuple[int, ...] | str:
     try:
         ids = tuple(int(i) for i in text.split(","))
     except ValueError:
-        raise ValueError(
+        raise errors.ConfigError(
             f"--local_device_ids={text!r}: use auto, all, or a comma-separated list like 0,1"
         ) from None
     if not ids or min(ids) < 0:
-        raise ValueError(f"--local_device_ids={text!r}: device ids are integers >= 0")
+        raise errors.ConfigError(f"--local_device_ids={text!r}: device ids are integers >= 0")
     return ids
 
 
@@ -137,7 +139,7 @@ def plan(options: Options) -> Plan | None:
     """What to join, or None for a single-process run.
 
     Raises:
-      ValueError: contradictory or incomplete flags (the message says which).
+      ConfigError: contradictory or incomplete flags (the message says which).
     """
     explicit = {
         "--coordinator_address": options.coordinator_address,
@@ -149,18 +151,18 @@ def plan(options: Options) -> Plan | None:
     chosen = devices if isinstance(devices, tuple) else None
     if options.mode == "off":
         if given:
-            raise ValueError(f"{', '.join(given)} given, but --distributed=off (or "
+            raise errors.ConfigError(f"{', '.join(given)} given, but --distributed=off (or "
                              f"{ENV_SWITCH}=0): drop one or the other")
         return None
     if given:
         if len(given) < 3 and options.mode != "on":
             missing = [name for name in explicit if name not in given]
-            raise ValueError(
+            raise errors.ConfigError(
                 f"{', '.join(given)} given without {', '.join(missing)}: a bare cluster needs "
                 "all three (or --distributed=on to let JAX detect the rest)"
             )
         if len(given) == 3 and not options.process_id < options.num_processes:
-            raise ValueError(f"--process_id={options.process_id} must be below "
+            raise errors.ConfigError(f"--process_id={options.process_id} must be below "
                              f"--num_processes={options.num_processes}")
         if len(given) == 3:
             return Plan("flags", options.coordinator_address, options.num_processes,
@@ -192,7 +194,7 @@ def plan(options: Options) -> Plan | None:
 def _split_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(f"coordinator address {address!r}: use host:port")
+        raise errors.ConfigError(f"coordinator address {address!r}: use host:port")
     return host.strip("[]"), int(port)
 
 
@@ -274,7 +276,7 @@ def maybe_initialize(options: Options | None = None) -> bool:
     if this process joined a multi-process cluster, False for a single-process run.
 
     Raises:
-      ValueError: contradictory or incomplete flags (the message says which).
+      ConfigError: contradictory or incomplete flags (the message says which).
       ClusterJoinError: the coordinator could not be reached within the timeout.
     """
     import jax

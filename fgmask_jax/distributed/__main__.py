@@ -2,7 +2,7 @@
 # process joins a cluster, and the check this command runs.
 from absl import app, flags
 
-from fgmask_jax import cli, distributed
+from fgmask_jax import cli, distributed, errors
 
 __doc__ = distributed.__doc__
 cli.define_cluster_flags()
@@ -14,7 +14,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         ok, line = distributed.smoke_check(cli.cluster_options())
-    except (ValueError, distributed.ClusterJoinError) as e:
+    except errors.UserError as e:  # a flag, or a coordinator out of reach
         raise SystemExit(f"fgmask_jax.distributed: {e}") from None
     print(line, flush=True)
     if not ok:
