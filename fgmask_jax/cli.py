@@ -30,6 +30,7 @@ from collections.abc import Callable
 from absl import app, flags
 
 from fgmask_jax import errors, signals
+from fgmask_jax.paths import absolute  # noqa: F401 - commands call cli.absolute at entry
 
 # The cache's size bound (least recently used entries go first) unless
 # JAX_COMPILATION_CACHE_MAX_SIZE says otherwise.
@@ -52,17 +53,6 @@ def use_compilation_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", compilation_cache_dir() or None)
     if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
         jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
-
-
-def absolute(path: str | None) -> str | None:
-    """``path`` made absolute (``~`` expanded) once, at entry; URLs (gs://...) and "" stay.
-
-    Orbax, TFDS and grain workers may run elsewhere than the current directory:
-    they get absolute paths only.
-    """
-    if not path or "://" in path:
-        return path
-    return os.path.abspath(os.path.expanduser(path))
 
 
 def fail(prog: str, message: str, code: int) -> None:

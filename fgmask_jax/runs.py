@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from fgmask_jax import checkpointing, errors, models
+from fgmask_jax import checkpointing, errors, models, paths
 from fgmask_jax.data import labels as labels_lib
 
 
@@ -82,8 +82,7 @@ def run_folder(workdir: str, fold: int | None = None) -> str:
       RunNotFoundError: no such folder, a leave-persons-out run without ``fold``, or
         a fold that is not there (the folds are listed).
     """
-    if "://" not in workdir:
-        workdir = os.path.abspath(os.path.expanduser(workdir))
+    workdir = paths.absolute(workdir)
     if not os.path.isdir(workdir):
         raise errors.RunNotFoundError(f"{workdir}: no such folder")
     folds = _folds(workdir)

@@ -106,6 +106,9 @@ def test_imports_follow_the_layers(name):
     called = [c for c in COMMANDS if c in imports]
     assert not called, f"the library module {name} imports the command(s) {called}"
     if name not in COMMAND_SUPPORT:
+        entry = [c for c in COMMAND_SUPPORT if c in imports]
+        assert not entry, f"the library module {name} imports {entry}, the commands' entry"
+    if name not in COMMAND_SUPPORT:
         flags = [m for m in FLAG_MODULES if _refers_to(imports, m)]
         assert not flags, f"the library module {name} imports {flags}: flags are the commands'"
     for layer, forbidden in FORBIDDEN.items():

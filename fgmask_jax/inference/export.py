@@ -10,7 +10,7 @@ import os
 import jax
 import numpy as np
 
-from fgmask_jax import cli, errors, runs
+from fgmask_jax import errors, paths, runs
 from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.inference.predictor import EXPORT_META, probabilities_fn
 
@@ -48,7 +48,7 @@ def export_run(workdir: str, out: str, *, fold: int | None = None,
                              platforms=platforms)(
         jax.ShapeDtypeStruct((batch, size, size, 3), np.uint8)
     )
-    out = cli.absolute(out)
+    out = paths.absolute(out)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, MODEL_FILE), "wb") as f:
         f.write(exported.serialize())
@@ -117,7 +117,7 @@ def export_onnx(workdir: str, out: str, *, fold: int | None = None) -> str:
                     [jax.ShapeDtypeStruct((batch, size, size, 3), np.uint8)],
                     model_name=f"fgmask_jax_{config.model}", opset=ONNX_OPSET,
                     input_names=[ONNX_INPUT], output_names=outputs)
-    out = cli.absolute(out)
+    out = paths.absolute(out)
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, ONNX_FILE)
     onnx.save_model(model, path)  # one file: the weights inside (< 2 GB for every model)
@@ -161,7 +161,7 @@ def export_as(format: str, workdir: str, out: str, *, fold: int | None = None) -
     Raises `errors.UserError` where the input is wrong (no such run, a trunk without a
     torchvision layout, ONNX without its optional packages).
     """
-    out = cli.absolute(out)
+    out = paths.absolute(out)
     if format == "torchvision":
         return f"export: wrote {export_trunk(workdir, out, fold=fold)}"
     if format == "onnx":

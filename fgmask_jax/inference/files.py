@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from fgmask_jax import cli, errors
+from fgmask_jax import errors, paths
 from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.inference import faces as faces_lib
 from fgmask_jax.inference.images import load_faces, load_image
@@ -175,7 +175,7 @@ def predict_to_file(workdir: str, images: Sequence[str], out: str | None = None,
         raise errors.UserError(f"--faces={faces}: use none or detect")
     if batch_size < 1:
         raise errors.UserError(f"--batch_size={batch_size}: must be >= 1")
-    out = cli.absolute(out)
+    out = paths.absolute(out)
     if out and not out.lower().endswith((".csv", ".jsonl")):
         raise errors.UserError(f"--out={out}: name a .csv or a .jsonl file")
     files, skipped = find_images(images)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from fgmask_jax import cli, errors, runs
+from fgmask_jax import errors, paths, runs
 from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.data import pipeline
 from fgmask_jax.inference.images import load_image
@@ -72,7 +72,7 @@ class Predictor:
         Raises `errors.RunNotFoundError` (a FileNotFoundError and a ValueError) when ``path``
         holds neither, naming what is missing.
         """
-        path = cli.absolute(os.fspath(path))
+        path = paths.absolute(os.fspath(path))
         if os.path.isfile(os.path.join(path, EXPORT_META)):
             return cls.from_export(path, batch_size)
         run = runs.load(path, fold)
