@@ -166,3 +166,33 @@ def test_help_lists_configs_variants_and_keys():
     keys = run([sys.executable, "-m", "fgmask_jax.main", "--config=configs/multitask.py",
                 "--print_config"], REPO, timeout=120)
     assert keys.returncode == 0 and "learning_rate: 0.1" in keys.stdout
+
+
+RAISES = """
+import sys
+from fgmask_jax import cli, errors
+
+def main(argv):
+    raise {error}
+
+cli.run(main, prog="demo")
+"""
+
+
+@pytest.mark.parametrize("error, code, one_line", [
+    ("errors.DataError('photos/: no images; give a folder of .jpg files')", 2, True),
+    ("errors.RunNotFoundError('run/: no such folder')", 2, True),
+    ("errors.CheckpointError('checkpoints/7 does not restore')", 1, True),
+    ("ValueError('a bug: shapes (3,) and (4,) do not match')", 1, False),
+])
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, error, code,
+                                                               one_line):
+    script = tmp_path / "command.py"
+    script.write_text(RAISES.format(error=error))
+    result = run([sys.executable, str(script)], tmp_path, timeout=120)
+    assert result.returncode == code, result.stderr[-2000:]
+    message = error.split("'")[1]
+    if one_line:
+        assert result.stderr == f"demo: {message}\n"
+    else:
+        assert "Traceback" in result.stderr and message in result.stderr

@@ -206,7 +206,7 @@ def open_splits(config, protocol: str, seed: int) -> Splits:
     from fgmask_jax.data import build, pipeline
 
     build.build_or_explain(config.dataset, pipeline.data_dir(config),
-                                config.manual_dir or None)
+                           config.manual_dir or None)
     names = splits_of(protocol)
     sources = {k: pipeline.open_split(config.dataset, v, pipeline.data_dir(config))
                for k, v in names.items()}
