@@ -302,6 +302,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if "://" not in config.pretrained and not os.path.isfile(config.pretrained):
             raise ConfigError(f"config.pretrained={config.pretrained!r}: no such file (a "
                               "torchvision .safetensors or .pth file, downloaded once)")
+    if config.init_from and "://" not in config.init_from and not os.path.isdir(
+            config.init_from):
+        raise ConfigError(f"config.init_from={config.init_from!r}: no such folder (a run's "
+                          "workdir, or one of its checkpoint folders)")
     try:
         models.frozen_parts(config.model, config.freeze)
     except ValueError as e:

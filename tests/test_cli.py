@@ -128,6 +128,8 @@ def test_ctrl_c_and_sigterm_stop_with_one_line_and_the_rerun_ends_bitwise_equal(
      "config.model='resnet999' is not one of: resnet18"),
     (["--config=configs/multitask.py:protocol=photos", "--workdir=x"],
      "config variant protocol='photos' is not one of: study, subject, photo, lopo"),
+    (["--config=configs/multitask.py", "--config.init_from=runs/nope", "--workdir=x"],
+     "config.init_from='runs/nope': no such folder"),
     (["--workdir=x"], "--config is required"),
     (["--config=configs/multitask.py"], "--workdir is required"),
 ])

@@ -248,3 +248,34 @@ def test_checkpoints_on_time_and_best_with_the_next_one(small_data_dir, tmp_path
     assert again["test"] == results["test"]
     timing = json.loads((tmp_path / "rarely" / "results.json").read_text())["timing"]
     assert timing["first_step_s"] > 0 and timing["train_images_per_s"] > 0
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {os.path.relpath(os.path.join(root, n), folder): open(os.path.join(root, n), "rb").read()
+            for root, _, names in os.walk(folder) for n in names}
+
+
+def test_a_rerun_may_not_change_the_state_but_may_train_longer(small_data_dir, tmp_path):
+    train.train_and_evaluate(tiny_config(small_data_dir, num_train_steps=3), str(tmp_path))
+    before = _files(tmp_path)
+    with pytest.raises(config_lib.ConfigError, match=r"model='resnet_tiny', not 'cnn'.*"
+                                                     r"new --workdir"):
+        train.train_and_evaluate(tiny_config(small_data_dir, model="cnn", num_train_steps=3),
+                                 str(tmp_path))
+    assert _files(tmp_path) == before  # nothing renamed, rewritten or deleted
+
+    longer = train.train_and_evaluate(tiny_config(small_data_dir), str(tmp_path))
+    assert longer["steps"] == 6
+    assert json.loads((tmp_path / "config.json").read_text())["num_train_steps"] == 3
+    history = [json.loads(line) for line in open(tmp_path / "config_history.jsonl")]
+    assert history[-1]["changes"] == {"num_train_steps": {"was": 3, "now": 6}}
+
+
+def test_a_batch_that_does_not_divide_over_the_devices_names_the_sizes_that_do():
+    mesh = train.make_mesh(jax.devices()[:4])
+    with pytest.raises(config_lib.ConfigError, match=r"batch_size=6 does not divide over the "
+                                                     r"4 devices .*use 4 or 8"):
+        train.check_batch(6, mesh)
+    with pytest.raises(config_lib.ConfigError, match="batch_size=3 .* use 4 "):
+        train.check_batch(3, mesh)
+    train.check_batch(8, mesh)

@@ -19,7 +19,6 @@ summary}, "selection": ...}``; classifiers have no loss, so none is given),
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -28,7 +27,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from etils import epath
 
 from fgmask_jax import config_lib, errors
 from fgmask_jax.baselines import classifiers, eigenface, lbp, tiny_image, vgg_face
@@ -203,8 +201,8 @@ def _most_chosen(selection: list[dict]) -> str:
 
 
 def _write(config, workdir: str, results: dict, selection: dict, num_folds: int) -> None:
-    with (epath.Path(workdir) / "results.json").open("w") as f:
-        json.dump({"test": results, "selection": selection, "folds": num_folds}, f, indent=1)
+    writers.write_json(os.path.join(workdir, "results.json"),
+                       {"test": results, "selection": selection, "folds": num_folds})
     writer = writers.MetricWriter(workdir)
     writer.write(0, {f"test/{k}_{t}": r[k] for t, r in results.items()
                      for k in ("accuracy", "balanced_accuracy", "macro_f1")})

@@ -9,6 +9,7 @@ from etils import epath
 from matplotlib.figure import Figure
 
 from fgmask_jax.data import labels as labels_lib
+from fgmask_jax.evaluation import writers
 
 
 def plot_confusion(cm: np.ndarray, class_names, title: str, path: str) -> None:
@@ -64,8 +65,7 @@ def write_report(workdir: str, title: str, sections: dict[str, dict[str, dict]],
             parts.append(f"![{split} {task}]({name})")
         parts.append("")
     path = os.path.join(workdir, "report.md")
-    with epath.Path(path).open("w") as f:
-        f.write("\n".join(parts))
+    writers.write_text(path, "\n".join(parts))
     return path
 
 
@@ -249,6 +249,6 @@ def append_sections(workdir: str, sections: list[str]) -> str:
     path = os.path.join(workdir, "report.md")
     with epath.Path(path).open("r") as f:
         text = f.read()
-    with epath.Path(path).open("w") as f:
-        f.write(text.rstrip("\n") + "\n\n" + "\n".join(s.rstrip("\n") + "\n" for s in sections))
+    writers.write_text(path, text.rstrip("\n") + "\n\n"
+                       + "\n".join(s.rstrip("\n") + "\n" for s in sections))
     return path

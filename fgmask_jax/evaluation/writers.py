@@ -45,8 +45,17 @@ def write_config(workdir: str, config) -> None:
     """Writes the resolved config to ``workdir/config.json`` (process 0 only)."""
     if jax.process_index() == 0:
         epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-        with (epath.Path(workdir) / "config.json").open("w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` whole or not at all: a temporary file beside it, then a
+    rename, so that a reader (or a crash) never meets half a file. Files that other
+    commands read as markers (results.json, config.json, report.md) are written so."""
+    target = epath.Path(path)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    temporary.replace(target)
 
 
 def read_json(path: str) -> dict:
@@ -58,10 +67,8 @@ def read_json(path: str) -> dict:
 
 
 def write_json(path: str, value) -> None:
-    """Writes ``value`` to ``path`` whole or not at all (a temporary file, then a rename)."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".tmp", path)
+    """Writes ``value`` to ``path`` whole or not at all (`write_text`)."""
+    write_text(path, json.dumps(value, indent=1))
 
 
 def write_predictions(path: str, subject_id, labels: dict, predictions: dict) -> None:

@@ -23,11 +23,11 @@ from fgmask_jax.train.evaluate import evaluate
 from fgmask_jax.train.fit import fit_and_test, fit_val_indices, step_counts
 from fgmask_jax.train.optim import make_optimizer, param_labels
 from fgmask_jax.train.state import TrainState, init_state
-from fgmask_jax.train.steps import Steps, eval_step, make_mesh, train_step
+from fgmask_jax.train.steps import Steps, check_batch, eval_step, make_mesh, train_step
 
 __all__ = [
-    "Steps", "TrainState", "eval_step", "evaluate", "fit_and_test", "fit_val_indices",
-    "init_state", "make_mesh", "make_optimizer", "param_labels", "step_counts",
+    "Steps", "TrainState", "check_batch", "eval_step", "evaluate", "fit_and_test",
+    "fit_val_indices", "init_state", "make_mesh", "make_optimizer", "param_labels", "step_counts",
     "train_and_evaluate", "train_step",
 ]
 

@@ -6,7 +6,6 @@ module (`state`, `optim`, `steps`, `loop`, `evaluate`) or below it here.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -16,7 +15,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from etils import epath
 
 from fgmask_jax import checkpointing, errors, runs
 from fgmask_jax.data import labels as labels_lib
@@ -30,7 +28,7 @@ from fgmask_jax.train import evaluate as evaluate_lib
 from fgmask_jax.train import optim
 from fgmask_jax.train import state as state_lib
 from fgmask_jax.train.loop import Loop, Trained
-from fgmask_jax.train.steps import Steps, make_mesh
+from fgmask_jax.train.steps import Steps, check_batch, make_mesh
 
 
 def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
@@ -47,7 +45,8 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
     """
     began = time.perf_counter()
     mesh = mesh or make_mesh()
-    writers.write_config(workdir, config)
+    check_batch(config.batch_size, mesh)
+    state_lib.record_config(workdir, config)
     if config.get("runlocal"):
         logging.info("runlocal: a shrunk run for a laptop CPU (image_size=%d, %s epochs)",
                      config.image_size, config.num_epochs)
@@ -163,11 +162,10 @@ def test(steps: Steps, state, trained: Trained, config, workdir: str, test_sourc
 def write_results(workdir: str, result: dict) -> None:
     """``results.json``; predictions.npz is written first: a folder with results.json is a
     finished run."""
-    with (epath.Path(workdir) / "results.json").open("w") as f:
-        json.dump({"best_step": result["best_step"], "steps": result["steps"],
-                   "test": result["test"], "validation": result["validation"],
-                   "calibration": result["calibration"], "subgroups": result["subgroups"],
-                   "timing": result["timing"]}, f, indent=1)
+    writers.write_json(os.path.join(workdir, "results.json"), {
+        "best_step": result["best_step"], "steps": result["steps"], "test": result["test"],
+        "validation": result["validation"], "calibration": result["calibration"],
+        "subgroups": result["subgroups"], "timing": result["timing"]})
 
 
 def report(workdir: str, config, model, state, result: dict, calibration: dict, *, mesh,

@@ -20,6 +20,7 @@ from fgmask_jax.evaluation import metrics as metrics_lib
 from fgmask_jax.evaluation import report as report_lib
 from fgmask_jax.evaluation import writers
 from fgmask_jax.train import fit
+from fgmask_jax.train import state as state_lib
 from fgmask_jax.train.evaluate import flat
 from fgmask_jax.train.steps import make_mesh
 
@@ -38,7 +39,7 @@ def train_lopo(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> di
     [each fold's `fit_and_test` result], "steps": total steps over the folds}.
     """
     mesh = mesh or make_mesh()
-    writers.write_config(workdir, config)
+    state_lib.record_config(workdir, config)
     split, _ = pipeline.split_names("lopo")
     source = pipeline.open_split(config.dataset, split, pipeline.data_dir(config))
     subject_ids = pipeline.read_labels(source)["subject_id"]
@@ -105,9 +106,9 @@ def _write(workdir: str, config, pooled: dict, test: dict, fold_results: list[di
     """The pooled predictions.npz, results.json, metrics and report.md."""
     with (epath.Path(workdir) / "predictions.npz").open("wb") as f:
         np.savez(f, **pooled)
-    with (epath.Path(workdir) / "results.json").open("w") as f:
-        json.dump({"steps": steps, "folds": len(fold_results), "test": test,
-                   "fold_test": [r["test"] for r in fold_results]}, f, indent=1)
+    writers.write_json(os.path.join(workdir, "results.json"), {
+        "steps": steps, "folds": len(fold_results), "test": test,
+        "fold_test": [r["test"] for r in fold_results]})
     writer = writers.MetricWriter(workdir)
     writer.write(0, flat(test, "test"))
     writer.close()

@@ -4,6 +4,8 @@ weights (``config.init_from``), a pretrained trunk (``config.pretrained``) or sc
 from __future__ import annotations
 
 import functools
+import json
+import time
 from typing import Any
 
 import flax
@@ -11,8 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 
 from fgmask_jax import checkpointing, errors, runs
+from fgmask_jax.evaluation import writers
 from fgmask_jax.models import pretrained
 from fgmask_jax.train import optim
 
@@ -51,6 +55,57 @@ def init_state(model, tx, config, rng: jax.Array) -> TrainState:
         opt_state=tx.init(params),
         rng=state_rng,
     )
+
+
+# Fields a resumed run may not change: they shape the state in its checkpoints (model, heads,
+# optimizer state, frozen parts) or decide which examples are fit, validation and test
+# (data, protocol, seeds, sizes). Every other field (epochs, learning rate, logging, eval
+# and checkpoint cadence, data_dir ...) may change on a rerun; the change is logged and
+# kept in config_history.jsonl, and config.json keeps describing the checkpoints.
+STATE_FIELDS = ("dataset", "protocol", "val_fraction", "lopo_folds", "image_size", "tasks",
+                "model", "head_hidden", "head_depths", "optimizer", "clip_norm", "freeze",
+                "trunk_lr_multiplier", "batch_size", "seed")
+
+
+def record_config(workdir: str, config) -> None:
+    """Writes ``workdir/config.json`` for a new run. For a run to resume (its workdir holds
+    checkpoints or folds), checks ``config`` against the one it was started with first.
+
+    Raises:
+      ConfigError: a field of `STATE_FIELDS` differs; nothing is written.
+    """
+    saved_path = epath.Path(workdir) / "config.json"
+    if not (saved_path.exists() and _has_checkpoints(workdir)):
+        writers.write_config(workdir, config)
+        return
+    saved, now = json.loads(saved_path.read_text()), json.loads(config.to_json_best_effort())
+    changes = {k: (saved.get(k), now.get(k)) for k in sorted({*saved, *now})
+               if saved.get(k) != now.get(k)}
+    refused = [k for k in changes if k in STATE_FIELDS]
+    if refused:
+        more = f" (and {', '.join(refused[1:])})" if refused[1:] else ""
+        key, (old, new) = refused[0], changes[refused[0]]
+        raise errors.ConfigError(
+            f"{workdir} holds a run with {key}={old!r}, not {new!r}{more}: its checkpoints "
+            "cannot continue under this config. Rerun with the run's config (its "
+            "config.json), or give a new --workdir")
+    if changes:
+        logging.info("Resuming %s with changed config: %s", workdir,
+                     ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items()))
+        if jax.process_index() == 0:
+            with (epath.Path(workdir) / "config_history.jsonl").open("a") as f:
+                f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                    "changes": {k: {"was": old, "now": new}
+                                                for k, (old, new) in changes.items()}}) + "\n")
+
+
+def _has_checkpoints(workdir: str) -> bool:
+    """Whether ``workdir`` holds a checkpointed step or a leave-persons-out fold."""
+    root = epath.Path(workdir)
+    checkpoints = root / "checkpoints"
+    if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
+        return True
+    return root.is_dir() and any(p.name.startswith("fold_") for p in root.iterdir())
 
 
 def start(steps, model, config, ckpt: checkpointing.Checkpointer) -> tuple[TrainState, dict]:

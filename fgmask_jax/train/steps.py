@@ -17,7 +17,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fgmask_jax import runs
+from fgmask_jax import errors, runs
 from fgmask_jax.data import pipeline
 from fgmask_jax.train.state import TrainState, init_state, model_variables
 
@@ -127,6 +127,19 @@ class Steps:
         # A copy of the state in new buffers (the train step donates the state's).
         self.copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree),
                             in_shardings=self.replicated, out_shardings=self.replicated)
+
+
+def check_batch(global_batch: int, mesh: jax.sharding.Mesh) -> None:
+    """Raises `errors.ConfigError` unless ``global_batch`` divides over the mesh's devices
+    (each device takes the same number of rows), naming the nearest sizes that do."""
+    n = mesh.size
+    if global_batch % n:
+        below, above = global_batch // n * n, (global_batch // n + 1) * n
+        sizes = f"{below} or {above}" if below else f"{above}"
+        raise errors.ConfigError(
+            f"config.batch_size={global_batch} does not divide over the {n} devices (each "
+            f"takes the same number of rows): use {sizes} (main: --config.batch_size=N; "
+            "study, mask_gap: --neural_override=batch_size=N)")
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
