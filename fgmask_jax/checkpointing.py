@@ -38,6 +38,9 @@ class Checkpointer:
         prefix = epath.Path(directory).name
         self._manager = ocp.CheckpointManager(
             directory,
+            # Named handlers: the metadata of a step (`restore_here`) is then readable.
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()},
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep,
                 create=True,
@@ -76,6 +79,17 @@ class Checkpointer:
             ),
         )
         return restored["state"], dict(restored["meta"])
+
+    def restore_here(self, step: int, sharding: jax.sharding.Sharding | None = None) -> tuple:
+        """(state, meta) at ``step`` on this process's devices, whatever devices and mesh
+        saved it: every array is restored with ``sharding`` (default: on the first local
+        device). A run trained on 8 GPUs or a pod slice is read back this way on a laptop."""
+        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        metadata = self._manager.item_metadata(step)["state"]
+        abstract = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+            dict(getattr(metadata, "tree", metadata)), is_leaf=lambda m: hasattr(m, "shape"))
+        return self.restore(step, abstract)
 
     def restore_latest(self, abstract_state) -> tuple | None:
         """(state, meta) of the newest checkpoint that restores, or None if there is none.

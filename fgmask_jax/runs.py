@@ -139,7 +139,7 @@ def load(workdir: str, fold: int | None = None) -> Run:
         raise _missing_run(folder, "no best/<step> checkpoint (the run has not evaluated yet)")
     ckpt = checkpointing.Checkpointer(best, 1)
     try:
-        state, _ = ckpt.restore(steps[-1], None)
+        state, _ = ckpt.restore_here(steps[-1])
     finally:
         ckpt.close()
     variables = {"params": state["params"]["model"]}
@@ -152,7 +152,8 @@ def load(workdir: str, fold: int | None = None) -> Run:
 
 def latest_checkpoint(path: str) -> dict[str, Any]:
     """The latest checkpoint of the run ``path`` (a workdir with ``checkpoints/``, or a
-    checkpoint folder) as saved: {"params": {"model", "log_vars"}, "batch_stats", ...}.
+    checkpoint folder) on this process's first device, whatever devices saved it:
+    {"params": {"model", "log_vars"}, "batch_stats", ...}.
 
     Raises:
       ConfigError: ``path`` holds no checkpoint (it comes from ``config.init_from``).
@@ -165,7 +166,7 @@ def latest_checkpoint(path: str) -> dict[str, Any]:
             raise errors.ConfigError(
                 f"config.init_from={path!r} holds no checkpoint: give a run's workdir (with "
                 "checkpoints/) or one of its checkpoint folders")
-        return ckpt.restore(ckpt.latest_step(), None)[0]
+        return ckpt.restore_here(ckpt.latest_step())[0]
     finally:
         ckpt.close()
 
