@@ -21,9 +21,17 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from flax import serialization, traverse_util
 from jax.experimental import multihost_utils
 
-from fgmask_jax.errors import CheckpointError
+from fgmask_jax.errors import CheckpointError, ConfigError
+
+# Failures of a restore that are the machine's, not the checkpoint's: never set aside.
+_NOT_DAMAGE = (MemoryError, TimeoutError, ConnectionError, PermissionError)
+
+
+class CheckpointMismatchError(ConfigError):
+    """A checkpoint of another structure or shapes than the config's state."""
 
 
 class Checkpointer:
@@ -94,16 +102,27 @@ class Checkpointer:
     def restore_latest(self, abstract_state) -> tuple | None:
         """(state, meta) of the newest checkpoint that restores, or None if there is none.
 
-        A damaged checkpoint is skipped with a warning naming it; if every one is
-        damaged, the error says which and how to start over.
+        A damaged checkpoint is set aside with a warning naming it, and the one before is
+        tried; if every one is damaged, the error says which and how to start over.
+        Nothing is set aside for a failure that is not the checkpoint's: a state of
+        another structure or shape (`errors.ConfigError`, naming the first difference), or
+        the machine's (memory, time-outs, the network, permissions: raised as it is).
         """
         steps = self.all_steps()
         failures = []
         for step in reversed(steps):
+            path = os.path.join(self.directory, str(step))
+            # Checked first: Orbax may restore an array of another shape without a word.
+            if difference := self._difference(step, abstract_state):
+                raise CheckpointMismatchError(
+                    f"{path} holds a state of another shape than this config's "
+                    f"({difference}): rerun with the run's config (its config.json), or "
+                    "give a new --workdir")
             try:
                 return self.restore(step, abstract_state)
-            except Exception as e:  # noqa: BLE001 - any damage must fall back, not stop
-                path = os.path.join(self.directory, str(step))
+            except _NOT_DAMAGE:
+                raise
+            except Exception as e:  # noqa: BLE001 - what is left is the checkpoint's damage
                 reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
                 failures.append(f"{path}: {reason}")
                 aside = self._set_aside(step)
@@ -115,6 +134,32 @@ class Checkpointer:
                     self.directory, "\n  ".join(failures)
                 )
             )
+        return None
+
+    def _difference(self, step: int, abstract_state) -> str | None:
+        """The first named array (parameters, BatchNorm statistics: nested dicts) whose
+        presence or shape differs between the checkpoint at ``step`` and ``abstract_state``,
+        in words; None if they agree, or if the step's metadata cannot be read (then the
+        checkpoint is damaged). Sequences (an optimizer's state) are left to Orbax."""
+        try:
+            metadata = self._manager.item_metadata(step)["state"]
+            saved = _named_arrays(dict(getattr(metadata, "tree", metadata)))
+        except Exception:  # noqa: BLE001 - unreadable metadata: damage, not a mismatch
+            return None
+        wanted = _named_arrays(serialization.to_state_dict(abstract_state), like=saved)
+        for key in [k for k, v in wanted.items()  # PRNG keys are saved as their raw data
+                    if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key)]:
+            wanted.pop(key)
+            saved.pop(key, None)
+        for key in sorted(set(saved) | set(wanted), key=str):
+            name = "/".join(map(str, key))
+            if key not in saved:
+                return f"{name} {tuple(wanted[key].shape)} is not in the checkpoint"
+            if key not in wanted:
+                return f"the checkpoint's {name} {tuple(saved[key].shape)} is not in the state"
+            if tuple(saved[key].shape) != tuple(wanted[key].shape):
+                return (f"{name} is {tuple(saved[key].shape)} there, "
+                        f"{tuple(wanted[key].shape)} here")
         return None
 
     def _set_aside(self, step: int) -> str:
@@ -166,3 +211,19 @@ def abstract_like(state):
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
     )
+
+
+def _named_arrays(tree: dict, like: dict | None = None) -> dict[tuple, object]:
+    """{path: array} of the arrays under ``tree``'s nested dicts, and of its top-level
+    arrays; with ``like`` (another result of this function), only under the top-level keys
+    it has."""
+    out = {}
+    for top, sub in tree.items():
+        if like is not None and not any(k[0] == top for k in like):
+            continue
+        if isinstance(sub, dict):
+            out.update({(top, *k): v for k, v in traverse_util.flatten_dict(sub).items()
+                        if hasattr(v, "shape")})
+        elif hasattr(sub, "shape"):
+            out[(top,)] = sub
+    return out

@@ -279,3 +279,30 @@ def test_a_batch_that_does_not_divide_over_the_devices_names_the_sizes_that_do()
     with pytest.raises(config_lib.ConfigError, match="batch_size=3 .* use 4 "):
         train.check_batch(3, mesh)
     train.check_batch(8, mesh)
+
+
+def test_a_checkpoint_of_another_shape_is_named_and_kept(tmp_path):
+    ckpt = checkpointing.Checkpointer(str(tmp_path))
+    ckpt.save(1, {"w": np.zeros(3, np.float32), "b": np.zeros((), np.float32)}, {"step": 1})
+    ckpt.close()
+    other = {"w": jax.ShapeDtypeStruct((4,), np.float32), "b": jax.ShapeDtypeStruct((), np.float32)}
+    ckpt = checkpointing.Checkpointer(str(tmp_path))
+    with pytest.raises(config_lib.ConfigError, match=r"1 holds a state of another shape .*\(w "
+                                                     r"is \(3,\) there, \(4,\) here\)"):
+        ckpt.restore_latest(other)
+    assert os.listdir(tmp_path) == ["1"]  # nothing set aside
+
+
+def test_a_failure_of_the_machine_sets_no_checkpoint_aside(tmp_path, monkeypatch):
+    ckpt = checkpointing.Checkpointer(str(tmp_path))
+    ckpt.save(1, {"w": np.zeros(3, np.float32)}, {"step": 1})
+    ckpt.wait()
+
+    def times_out(*args):
+        raise TimeoutError("storage did not answer")
+
+    monkeypatch.setattr(ckpt, "restore", times_out)
+    with pytest.raises(TimeoutError):
+        ckpt.restore_latest({"w": jax.ShapeDtypeStruct((3,), np.float32)})
+    ckpt.close()
+    assert os.listdir(tmp_path) == ["1"]
