@@ -31,6 +31,11 @@ class RunNotFoundError(UserError, FileNotFoundError, ValueError):
     best checkpoint, a classical method's run, a leave-persons-out run without a fold)."""
 
 
+class WorkdirLockedError(UserError):
+    """A workdir that another live run holds (its ``run.lock``); the message names that run
+    (start, host, pid, command) and the file to delete if it no longer runs."""
+
+
 class RunStopped(Exception):
     """A run that stopped as designed (its reason is one line); exit 1."""
 

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from fgmask_jax import config_lib, errors
+from fgmask_jax import config_lib, errors, workdir_lock
 from fgmask_jax.evaluation import bootstrap, tables
 from fgmask_jax.experiments import study
 
@@ -91,43 +91,67 @@ def run_comparison(workdir: str, protocols, *, data: str = "synthetic_paired",
 
     Raises:
       errors.ConfigError: fewer than two protocols, a repeated one, none of them
-        ``study``, or a protocol, data or method that `study.plan` refuses; checked
-        before anything runs.
+        ``study``, or a protocol, data, method or override that `study.prepare` refuses;
+        checked before anything runs.
+      errors.DataError: data that cannot be built (no folder is made).
+      errors.WorkdirLockedError: another live run holds ``workdir`` or one of its
+        protocols' folders.
     """
-    from fgmask_jax.evaluation import writers
-
     protocols = tuple(protocols)
     check_protocols(protocols)
     shortened = methods is None and runlocal
     methods = tuple(methods or (RUNLOCAL_METHODS if runlocal else study.METHODS))
-    for p in protocols:  # every argument checked before anything runs
-        study.plan(data, p, runlocal=runlocal, methods=methods,
-                   resnet=study_kwargs.get("resnet", ""))
-    studies, seconds = {}, {}
-    for p in protocols:
-        t0 = time.perf_counter()
-        studies[p] = study.run_study(os.path.join(workdir, p), data=data, protocol=p,
-                                     runlocal=runlocal, methods=methods,
-                                     num_samples=num_samples, seed=seed, **study_kwargs)
-        seconds[p] = round(time.perf_counter() - t0, 1)
-    rows = accuracy_rows(studies)
-    runs = study.plan(data, "study", runlocal=runlocal, methods=methods)
-    inflation = inflation_rows(workdir, runs, rows, protocols, num_samples=num_samples,
-                               seed=seed)
-    dataset, leak = copies_in_study_split(runs, study_kwargs)
-    setting = {"data": data, "dataset": dataset, "protocols": list(protocols),
-               "runlocal": runlocal, "methods": list(methods), "shortened": shortened,
-               "num_samples": num_samples, "command": command, "seconds": seconds,
-               "descriptions": {r["folder"]: r["description"]
-                                for r in studies["study"]["runs"]},
-               "leak": leak}
+    # Every argument checked, then the data built, before anything is written: data that
+    # cannot be built leaves no workdir behind.
+    prepared = {p: study.prepare(data, p, runlocal=runlocal, methods=methods, **study_kwargs)
+                for p in protocols}
+    build_missing_data(workdir, prepared)
+    # The whole comparison holds the top workdir; each protocol's study holds its own
+    # folder too (another file), so that no study runs there at the same time.
+    with workdir_lock.held(workdir):
+        studies, seconds = {}, {}
+        for p in protocols:
+            t0 = time.perf_counter()
+            studies[p] = study.run_study(os.path.join(workdir, p), data=data, protocol=p,
+                                         runlocal=runlocal, methods=methods,
+                                         num_samples=num_samples, seed=seed, **study_kwargs)
+            seconds[p] = round(time.perf_counter() - t0, 1)
+        rows = accuracy_rows(studies)
+        runs = study.plan(data, "study", runlocal=runlocal, methods=methods)
+        inflation = inflation_rows(workdir, runs, rows, protocols, num_samples=num_samples,
+                                   seed=seed)
+        dataset, leak = copies_in_study_split(runs, study_kwargs)
+        setting = {"data": data, "dataset": dataset, "protocols": list(protocols),
+                   "runlocal": runlocal, "methods": list(methods), "shortened": shortened,
+                   "num_samples": num_samples, "command": command, "seconds": seconds,
+                   "descriptions": {r["folder"]: r["description"]
+                                    for r in studies["study"]["runs"]},
+                   "leak": leak}
+        write_comparison(workdir, rows, inflation, setting)
+    return {"rows": rows, "inflation": inflation, "seconds": seconds, "leak": leak,
+            "studies": studies}
+
+
+def build_missing_data(workdir: str, prepared: dict) -> None:
+    """Builds, once each, the datasets that the runs still to do of every protocol read
+    (``prepared``: {protocol: `study.prepare`'s (runs, configs)})."""
+    from fgmask_jax.data import build
+
+    keys = dict.fromkeys(key for p, (runs, configs) in prepared.items()
+                         for key in study.missing_data(os.path.join(workdir, p), runs, configs))
+    for key in keys:
+        build.build_or_explain(*key)
+
+
+def write_comparison(workdir: str, rows, inflation, setting: dict) -> None:
+    """leak.csv, leak.md and leak.json in ``workdir``."""
+    from fgmask_jax.evaluation import writers
+
     tables.write_leak_csv(os.path.join(workdir, "leak.csv"), rows, inflation)
     tables.write_leak_markdown(os.path.join(workdir, "leak.md"), rows, inflation, setting,
                                study.WORDING)
     writers.write_json(os.path.join(workdir, "leak.json"),
                        {"setting": setting, "rows": rows, "inflation": inflation})
-    return {"rows": rows, "inflation": inflation, "seconds": seconds, "leak": leak,
-            "studies": studies}
 
 
 def accuracy_rows(studies: dict[str, dict]) -> list[dict]:

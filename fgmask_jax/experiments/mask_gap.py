@@ -22,7 +22,7 @@ import time
 import numpy as np
 from absl import logging
 
-from fgmask_jax import config_lib, errors
+from fgmask_jax import config_lib, errors, workdir_lock
 from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.evaluation import bootstrap, tables
 from fgmask_jax.experiments import study
@@ -160,7 +160,8 @@ def run_mask_gap(workdir: str, *, protocol: str = "photo", methods=DEFAULT_METHO
 
     Raises:
       errors.UserError: a protocol, data, method or override the mask gap has not
-        (`errors.ConfigError`), or data that cannot be built.
+        (`errors.ConfigError`), data that cannot be built, or another live run holding
+        ``workdir`` (`errors.WorkdirLockedError`).
     """
     from fgmask_jax.evaluation import writers
 
@@ -176,26 +177,28 @@ def run_mask_gap(workdir: str, *, protocol: str = "photo", methods=DEFAULT_METHO
     first = next(iter(configs.values()))
     splits = open_splits(first, protocol, seed)
     sizes = sizes_of(splits)
-    os.makedirs(workdir, exist_ok=True)
-    json_path = os.path.join(workdir, "mask_gap.json")
-    previous = writers.read_json(json_path).get("runs", {})
-    records = {}
-    for cell in cells:
-        records[cell.folder] = train_and_test(workdir, cell, configs[cell.run], splits,
-                                              previous.get(cell.folder, {}))
-        writers.write_json(json_path, {"runs": {**previous, **records}})
-    rows, gaps, costs = score(workdir, cells, num_samples=num_samples, seed=seed)
-    seconds = time.perf_counter() - began
-    runs = [records[c.folder] for c in cells]
-    setting = {"data": data, "dataset": first.dataset, "protocol": protocol,
-               "splits": splits.names, "runlocal": runlocal, "methods": list(methods),
-               "num_samples": num_samples, "command": command, "sizes": sizes,
-               "seconds": round(seconds, 1)}
-    tables.write_mask_gap_markdown(os.path.join(workdir, "mask_gap.md"), rows, gaps, costs,
-                                   setting, runs, study.WORDING, TRAINING_TEXT,
-                                   RUNLOCAL_OVERRIDES)
-    writers.write_json(json_path, {"runs": {**previous, **records}, "setting": setting,
-                                   "cells": rows, "gaps": gaps, "costs": costs})
+    # Held from here: the data is built (data that cannot be built leaves no workdir).
+    with workdir_lock.held(workdir):
+        os.makedirs(workdir, exist_ok=True)
+        json_path = os.path.join(workdir, "mask_gap.json")
+        previous = writers.read_json(json_path).get("runs", {})
+        records = {}
+        for cell in cells:
+            records[cell.folder] = train_and_test(workdir, cell, configs[cell.run], splits,
+                                                  previous.get(cell.folder, {}))
+            writers.write_json(json_path, {"runs": {**previous, **records}})
+        rows, gaps, costs = score(workdir, cells, num_samples=num_samples, seed=seed)
+        seconds = time.perf_counter() - began
+        runs = [records[c.folder] for c in cells]
+        setting = {"data": data, "dataset": first.dataset, "protocol": protocol,
+                   "splits": splits.names, "runlocal": runlocal, "methods": list(methods),
+                   "num_samples": num_samples, "command": command, "sizes": sizes,
+                   "seconds": round(seconds, 1)}
+        tables.write_mask_gap_markdown(os.path.join(workdir, "mask_gap.md"), rows, gaps,
+                                       costs, setting, runs, study.WORDING, TRAINING_TEXT,
+                                       RUNLOCAL_OVERRIDES)
+        writers.write_json(json_path, {"runs": {**previous, **records}, "setting": setting,
+                                       "cells": rows, "gaps": gaps, "costs": costs})
     return {"cells": rows, "gaps": gaps, "costs": costs, "runs": runs, "sizes": sizes,
             "seconds": seconds}
 

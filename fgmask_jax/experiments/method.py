@@ -27,8 +27,16 @@ def train_and_test(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def run_method(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Builds ``config``'s dataset if it is missing (`data.build.ensure_built`), then
-    `train_and_test`."""
+    `train_and_test` while holding the workdir (`workdir_lock.held`).
+
+    Raises:
+      errors.WorkdirLockedError: another live run holds ``workdir``.
+    """
+    from fgmask_jax import workdir_lock
     from fgmask_jax.data import build, pipeline
 
     build.ensure_built(config.dataset, pipeline.data_dir(config), config.manual_dir or None)
-    return train_and_test(config, workdir)
+    # Taken once the data is there (a dataset that cannot be built leaves no workdir), and
+    # before anything is written into the workdir.
+    with workdir_lock.held(workdir):
+        return train_and_test(config, workdir)

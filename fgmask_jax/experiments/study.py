@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fgmask_jax import config_lib, errors
+from fgmask_jax import config_lib, errors, workdir_lock
 from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.evaluation import bootstrap, tables
 from fgmask_jax.experiments import method as method_lib
@@ -353,50 +353,78 @@ def run_study(workdir: str, *, data: str = "synthetic", protocol: str = "study",
 
     Raises:
       errors.UserError: data, a protocol, a method or an override the study has not
-        (`errors.ConfigError`), data that cannot be built, or a finished run whose files
-        disagree (`errors.DataError`).
+        (`errors.ConfigError`), data that cannot be built, a finished run whose files
+        disagree (`errors.DataError`), or another live run holding ``workdir``
+        (`errors.WorkdirLockedError`; the runs in its subfolders take no lock of their own).
     """
     from fgmask_jax.evaluation import writers
 
     began = time.perf_counter()
+    runs, configs = prepare(data, protocol, runlocal=runlocal, methods=methods, resnet=resnet,
+                            pretrained_resnet=pretrained_resnet,
+                            pretrained_vgg_face=pretrained_vgg_face, dataset=dataset,
+                            data_dir=data_dir, manual_dir=manual_dir,
+                            neural_overrides=neural_overrides, lopo_folds=lopo_folds)
+    build_missing_data(workdir, runs, configs)
+    # Held from here: the data is there (data that cannot be built leaves no workdir).
+    with workdir_lock.held(workdir):
+        json_path = os.path.join(workdir, "study.json")
+        previous = writers.read_json(json_path).get("runs", {})
+        os.makedirs(workdir, exist_ok=True)
+        records = {}
+        for run, config in zip(runs, configs, strict=True):
+            records[run.folder] = run_once(workdir, run, config, previous.get(run.folder, {}))
+            writers.write_json(json_path, {"runs": {**previous, **records}})
+        rows, floor, notes = summarize_runs(workdir, runs, num_samples=num_samples, seed=seed)
+        seconds = time.perf_counter() - began
+        setting = {"data": data, "dataset": configs[0].dataset if configs else "",
+                   "protocol": protocol, "runlocal": runlocal, "num_samples": num_samples,
+                   "changes": changes_made(runs, configs, runlocal, neural_overrides),
+                   "titles": titles_of(runs, configs)}
+        ran = [records[r.folder] for r in runs]
+        tables.write_csv(os.path.join(workdir, "study.csv"), rows, floor)
+        tables.write_markdown(os.path.join(workdir, "study.md"), rows, floor, setting, ran,
+                              notes, WORDING)
+        tables.write_plot(os.path.join(workdir, "study.png"), rows, floor, setting, WORDING)
+        writers.write_json(json_path, {"runs": {**previous, **records}, "setting": setting,
+                                       "last_call_seconds": round(seconds, 1)})
+    return {"rows": rows, "runs": ran, "notes": notes, "seconds": seconds}
+
+
+def prepare(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
+            resnet: str = "", pretrained_resnet: str = "", pretrained_vgg_face: str = "",
+            dataset: str = "", data_dir: str = "", manual_dir: str = "",
+            neural_overrides=None, lopo_folds: int = 0) -> tuple[list[Run], list]:
+    """(the runs of `plan`, their configs of `make_config`), with every argument checked.
+
+    Raises:
+      errors.ConfigError: as `plan` and `make_config` raise it.
+    """
     runs = plan(data, protocol, runlocal=runlocal, methods=methods, resnet=resnet,
                 pretrained_resnet=pretrained_resnet, pretrained_vgg_face=pretrained_vgg_face)
-    json_path = os.path.join(workdir, "study.json")
-    previous = writers.read_json(json_path).get("runs", {})
     configs = [make_config(r, dataset=dataset, data_dir=data_dir, manual_dir=manual_dir,
                            neural_overrides=neural_overrides, lopo_folds=lopo_folds)
                for r in runs]
-    build_missing_data(workdir, runs, configs)
-    os.makedirs(workdir, exist_ok=True)
-    records = {}
-    for run, config in zip(runs, configs, strict=True):
-        records[run.folder] = run_once(workdir, run, config, previous.get(run.folder, {}))
-        writers.write_json(json_path, {"runs": {**previous, **records}})
-    rows, floor, notes = summarize_runs(workdir, runs, num_samples=num_samples, seed=seed)
-    seconds = time.perf_counter() - began
-    setting = {"data": data, "dataset": configs[0].dataset if configs else "",
-               "protocol": protocol, "runlocal": runlocal, "num_samples": num_samples,
-               "changes": changes_made(runs, configs, runlocal, neural_overrides),
-               "titles": titles_of(runs, configs)}
-    ran = [records[r.folder] for r in runs]
-    tables.write_csv(os.path.join(workdir, "study.csv"), rows, floor)
-    tables.write_markdown(os.path.join(workdir, "study.md"), rows, floor, setting, ran, notes,
-                          WORDING)
-    tables.write_plot(os.path.join(workdir, "study.png"), rows, floor, setting, WORDING)
-    writers.write_json(json_path, {"runs": {**previous, **records}, "setting": setting,
-                                   "last_call_seconds": round(seconds, 1)})
-    return {"rows": rows, "runs": ran, "notes": notes, "seconds": seconds}
+    return runs, configs
+
+
+def missing_data(workdir: str, runs, configs) -> list[tuple[str, str, str | None]]:
+    """(dataset, data dir, manual dir) of each dataset that the runs still to do read,
+    each once."""
+    from fgmask_jax.data import pipeline
+
+    return list(dict.fromkeys(
+        (c.dataset, pipeline.data_dir(c), c.manual_dir or None)
+        for r, c in zip(runs, configs, strict=True)
+        if not os.path.exists(os.path.join(workdir, r.folder, "results.json"))))
 
 
 def build_missing_data(workdir: str, runs, configs) -> None:
     """Builds the data of the runs still to do, before the workdir is made: data that
     cannot be built stops the study with nothing written."""
-    from fgmask_jax.data import build, pipeline
+    from fgmask_jax.data import build
 
-    for key in dict.fromkeys(
-            (c.dataset, pipeline.data_dir(c), c.manual_dir or None)
-            for r, c in zip(runs, configs, strict=True)
-            if not os.path.exists(os.path.join(workdir, r.folder, "results.json"))):
+    for key in missing_data(workdir, runs, configs):
         build.build_or_explain(*key)
 
 
