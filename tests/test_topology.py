@@ -1,5 +1,5 @@
-"""A run trained on 4 devices, read back by a process that has 1: predicted, exported and
-used as ``init_from`` there, with the predictions of the 4-device process."""
+"""A run trained on 4 devices, read back by a process that has 1: predicted, exported, used
+as ``init_from`` and resumed there, with the predictions of the 4-device process."""
 
 import json
 import os
@@ -31,11 +31,14 @@ np.savez(out + "/served.npz",
 config = runs.read_config(run)
 config.init_from, config.num_train_steps = run, 2
 config.eval_every_steps = config.checkpoint_every_steps = 2
-print(json.dumps(train.train_and_evaluate(config, out + "/tuned")["steps"]))
+tuned = train.train_and_evaluate(config, out + "/tuned")["steps"]
+config = runs.read_config(run)
+config.num_train_steps = 9  # the run resumed here, on 1 device, from its step 6
+print(json.dumps([tuned, train.train_and_evaluate(config, run)["steps"]]))
 """
 
 
-def test_a_run_of_4_devices_is_predicted_exported_and_tuned_on_1(small_data_dir, tmp_path):
+def test_a_run_of_4_devices_is_predicted_exported_tuned_and_resumed_on_1(small_data_dir, tmp_path):
     import jax
 
     assert jax.device_count() == 4  # conftest: four virtual CPU devices
@@ -50,7 +53,11 @@ def test_a_run_of_4_devices_is_predicted_exported_and_tuned_on_1(small_data_dir,
     result = subprocess.run([sys.executable, "-c", ONE_DEVICE, str(run), str(tmp_path)],
                             capture_output=True, text=True, timeout=600, env=env, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == 2
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [2, 9]
+    # Resumed from its step 6 (not set aside, not started over): the change is recorded.
+    assert not [n for n in os.listdir(run / "checkpoints") if "damaged" in n]
+    history = [json.loads(line) for line in open(run / "config_history.jsonl")]
+    assert history[-1]["changes"]["num_train_steps"] == {"was": 6, "now": 9}
     for name in ("one.npz", "served.npz"):
         with np.load(tmp_path / name) as there:
             for task, p in here.items():
