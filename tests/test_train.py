@@ -206,7 +206,7 @@ def test_lopo_trains_one_model_per_fold_and_pools_every_image(small_data_dir, tm
     assert again["test"] == results["test"]
     # Other folds in the same workdir would pool the wrong images: refused, before training.
     config.lopo_folds = 2
-    with pytest.raises(ValueError, match=r"fold_1 tested other persons .* delete .*/fold_\*"):
+    with pytest.raises(ValueError, match=r"lopo_folds=3, not 2: .* delete .*/fold_\* to train"):
         train.train_and_evaluate(config, str(tmp_path))
     assert not calls
 

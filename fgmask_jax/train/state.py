@@ -85,10 +85,12 @@ def record_config(workdir: str, config) -> None:
     if refused:
         more = f" (and {', '.join(refused[1:])})" if refused[1:] else ""
         key, (old, new) = refused[0], changes[refused[0]]
+        folds = (f", or delete {workdir}/fold_* to train every fold again"
+                 if not (epath.Path(workdir) / "checkpoints").exists() else "")
         raise errors.ConfigError(
             f"{workdir} holds a run with {key}={old!r}, not {new!r}{more}: its checkpoints "
             "cannot continue under this config. Rerun with the run's config (its "
-            "config.json), or give a new --workdir")
+            f"config.json), or give a new --workdir{folds}")
     if changes:
         logging.info("Resuming %s with changed config: %s", workdir,
                      ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items()))
