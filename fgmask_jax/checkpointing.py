@@ -174,10 +174,16 @@ class Checkpointer:
 
     def delete_after(self, step: int) -> list[int]:
         """Deletes the checkpoints newer than ``step``; returns their steps."""
-        newer = [s for s in self.all_steps() if s > step]
-        for s in newer:
+        return self._delete([s for s in self.all_steps() if s > step])
+
+    def delete_all_but(self, step: int) -> list[int]:
+        """Deletes every checkpoint but the one of ``step``; returns their steps."""
+        return self._delete([s for s in self.all_steps() if s != step])
+
+    def _delete(self, steps: list[int]) -> list[int]:
+        for s in steps:
             self._manager.delete(s)
-        return newer
+        return steps
 
     def check(self) -> None:
         """Raises `CheckpointError` if a background save has failed."""

@@ -38,7 +38,7 @@ import sys
 
 from absl import flags
 
-from fgmask_jax import cli, errors
+from fgmask_jax import cli, distributed, errors
 from fgmask_jax.experiments import mask_gap
 from fgmask_jax.experiments.mask_gap import run_mask_gap
 from fgmask_jax.experiments.study import parse_overrides
@@ -46,6 +46,7 @@ from fgmask_jax.experiments.study import parse_overrides
 
 def define_flags() -> None:
     """The command's flags (defined only when run as a command)."""
+    cli.define_cluster_flags()  # a cluster job joins as main does
     flags.DEFINE_string("workdir", None, "The folder; each run in "
                         "WORKDIR/<method>[/<task>]/<training set>.")
     flags.DEFINE_enum("protocol", "photo", list(mask_gap.PROTOCOLS),
@@ -77,6 +78,7 @@ def main(argv):
     if len(argv) > 1:
         raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
+    distributed.maybe_initialize(cli.cluster_options())  # before any JAX computation
     workdir = cli.absolute(f.workdir)
     command = "python -m fgmask_jax.mask_gap " + " ".join(
         a for a in sys.argv[1:] if not a.startswith("--workdir")) + " --workdir=DIR"

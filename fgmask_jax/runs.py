@@ -137,7 +137,7 @@ def load(workdir: str, fold: int | None = None) -> Run:
     steps = sorted(int(n) for n in os.listdir(best) if n.isdigit()) if os.path.isdir(best) else []
     if not steps:
         raise _missing_run(folder, "no best/<step> checkpoint (the run has not evaluated yet)")
-    ckpt = checkpointing.Checkpointer(best, 1)
+    ckpt = checkpointing.Checkpointer(best, None)
     try:
         state, _ = ckpt.restore_here(steps[-1])
     finally:

@@ -41,13 +41,14 @@ import sys
 
 from absl import flags
 
-from fgmask_jax import cli, config_lib, errors
+from fgmask_jax import cli, config_lib, distributed, errors
 from fgmask_jax.experiments import leak, study
 
 
 def define_flags() -> None:
     """The command's flags (defined only when run as a command: importing this module
     leaves absl's global flags alone)."""
+    cli.define_cluster_flags()  # a cluster job joins as main does
     flags.DEFINE_enum("data", "synthetic", list(config_lib.DATASETS),
                       "Which data: FGNET-MASK, the synthetic set (synthetic_paired: masked "
                       "copies of each photo and its unmasked twin), or FG-NET with drawn "
@@ -93,6 +94,7 @@ def main(argv):
     if len(argv) > 1:
         raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
+    distributed.maybe_initialize(cli.cluster_options())  # before any JAX computation
     # The command line without the workdir, for the comparison's outputs.
     command = "python -m fgmask_jax.study " + " ".join(
         a for a in sys.argv[1:] if not a.startswith("--workdir")) + " --workdir=DIR"

@@ -6,10 +6,8 @@ Modes:
   join                joins (fgmask_jax.distributed.maybe_initialize), all-reduces once,
                       writes DIR/topology_I.json; with --exit_after_join=CODE process 1
                       then dies at once (a crashed peer) and the others keep all-reducing
-  train               a few train steps of resnet_tiny on seeded random batches, each
-                      process giving its own rows; writes DIR/params_I.npz, a checkpoint
-                      in DIR/checkpoints and the training order in DIR/order_I.npy
-  train_and_evaluate  train.train_and_evaluate on a built dataset (--data_dir) into DIR
+  train_and_evaluate  train.train_and_evaluate on a built dataset (--data_dir) into DIR,
+                      and this process's rows of the training order in DIR/order_I.npy
   fail_one            no JAX: process 1 exits with status 3, the others sleep (for
                       launch/local.sh's failure handling)
 
@@ -42,51 +40,6 @@ def tiny_config():
     return c
 
 
-def global_batch(step: int) -> dict[str, np.ndarray]:
-    """The whole batch of step ``step``, the same in every process (seeded by the step)."""
-    rng = np.random.default_rng(1000 + step)
-    n = GLOBAL_BATCH
-    return {
-        "image": rng.integers(0, 256, (n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8),
-        "age_group": rng.integers(0, 4, n).astype(np.int32),
-        "gender": rng.integers(0, 2, n).astype(np.int32),
-        "expression": rng.integers(0, 3, n).astype(np.int32),
-        "mask": np.ones(n, bool),
-    }
-
-
-def make_steps(config):
-    from fgmask_jax import runs, train
-
-    model = runs.make_model(config)
-    tx, _ = train.make_optimizer(config, steps_per_epoch=10, total_steps=100)
-    return train.Steps(model, tx, config, train.make_mesh())
-
-
-def train_steps(steps, num_steps: int):
-    """``num_steps`` steps from the seed-0 state; process i feeds rows [i*B/n, (i+1)*B/n)."""
-    import jax
-
-    from fgmask_jax.data import pipeline
-
-    state = steps.init(jax.random.key(0))
-    n, i = jax.process_count(), jax.process_index()
-    local = GLOBAL_BATCH // n
-    for step in range(num_steps):
-        rows = {k: v[i * local:(i + 1) * local] for k, v in global_batch(step).items()}
-        state, _ = steps.train(state, pipeline.to_global(rows, steps.data))
-    return state
-
-
-def host_values(state) -> dict[str, np.ndarray]:
-    """Parameters and batch statistics of a replicated state: {'params/...': array}."""
-    import flax
-
-    tree = {"params": state.params, "batch_stats": state.batch_stats}
-    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
-    return {k: np.asarray(v.addressable_data(0)) for k, v in flat.items()}
-
-
 def training_order() -> np.ndarray:
     """This process's rows of the first ORDER_BATCHES training batches: int64[batches, rows]."""
     from fgmask_jax.data import pipeline
@@ -96,10 +49,10 @@ def training_order() -> np.ndarray:
 
 
 def _define_flags() -> None:
-    flags.DEFINE_enum("mode", None, ["join", "train", "train_and_evaluate", "fail_one"],
+    flags.DEFINE_enum("mode", None, ["join", "train_and_evaluate", "fail_one"],
                       "What this process does.")
     flags.DEFINE_string("out", None, "Output folder (the workdir in train_and_evaluate).")
-    flags.DEFINE_integer("steps", 3, "Train steps (mode=train and train_and_evaluate).")
+    flags.DEFINE_integer("steps", 3, "Train steps (mode=train_and_evaluate).")
     flags.DEFINE_string("data_dir", None, "TFDS data dir (mode=train_and_evaluate).")
     flags.DEFINE_integer("exit_after_join", None, "mode=join: process 1 dies with this status.")
     flags.mark_flags_as_required(["mode", "out"])
@@ -129,23 +82,9 @@ def _join(out: str) -> None:
     raise SystemExit("the dead peer was not noticed within 120 s")
 
 
-def _train(out: str, num_steps: int) -> None:
+def _train_and_evaluate(out: str, num_steps: int, data_dir: str) -> None:
     import jax
 
-    from fgmask_jax import checkpointing, cli, distributed
-
-    distributed.maybe_initialize(cli.cluster_options())
-    steps = make_steps(tiny_config())
-    state = train_steps(steps, num_steps)
-    i = jax.process_index()
-    np.savez(os.path.join(out, f"params_{i}.npz"), **host_values(state))
-    np.save(os.path.join(out, f"order_{i}.npy"), training_order())
-    ckpt = checkpointing.Checkpointer(os.path.join(out, "checkpoints"))
-    ckpt.save(num_steps, state, {"step": num_steps})  # every process takes part
-    ckpt.close()
-
-
-def _train_and_evaluate(out: str, num_steps: int, data_dir: str) -> None:
     from fgmask_jax import cli, distributed, train
     from fgmask_jax.data import build as build_data
 
@@ -159,6 +98,7 @@ def _train_and_evaluate(out: str, num_steps: int, data_dir: str) -> None:
     config.log_every_steps = 1
     build_data.build(config.dataset, data_dir)  # built already: registers the builder
     train.train_and_evaluate(config, out)
+    np.save(os.path.join(out, f"order_{jax.process_index()}.npy"), training_order())
 
 
 def _fail_one() -> None:
@@ -178,8 +118,6 @@ def main(argv: list[str]) -> None:
     os.makedirs(f.out, exist_ok=True)
     if f.mode == "join":
         _join(f.out)
-    elif f.mode == "train":
-        _train(f.out, f.steps)
     elif f.mode == "train_and_evaluate":
         _train_and_evaluate(f.out, f.steps, f.data_dir)
     else:

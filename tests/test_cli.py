@@ -1,5 +1,6 @@
 """The commands as a user types them: relative paths, Ctrl-C and SIGTERM, mistakes, --help."""
 
+import json
 import os
 import signal
 import subprocess
@@ -58,7 +59,7 @@ LONG = ("--config.num_train_steps=150", "--config.log_every_steps=5",
 
 @pytest.fixture(scope="module")
 def uninterrupted(small_data_dir, tmp_path_factory):
-    """The final state of the LONG run, trained without interruption."""
+    """The workdir of the LONG run, trained without interruption."""
     config = config_lib.load(str(REPO / SPEC))
     config.update(dataset="synthetic_masked_faces/small", data_dir=small_data_dir,
                   batch_size=8, warmup_epochs=0.0, saliency_images=0)
@@ -67,7 +68,7 @@ def uninterrupted(small_data_dir, tmp_path_factory):
         config[key] = int(value)
     workdir = tmp_path_factory.mktemp("uninterrupted")
     train.train_and_evaluate(config, str(workdir))
-    return final_state(workdir)
+    return workdir
 
 
 def _interrupt(command, cwd: Path, signum: int, after: str) -> int:
@@ -107,10 +108,51 @@ def test_ctrl_c_and_sigterm_stop_with_one_line_and_the_rerun_ends_bitwise_equal(
     result = run(command, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Resumed from {tmp_path / 'run' / 'checkpoints'} at step {second}" in result.stderr
-    step_a, state_a, meta_a = uninterrupted
-    step_b, state_b, meta_b = final_state(tmp_path / "run")
+    _assert_same_end(uninterrupted, tmp_path / "run")
+
+
+def _assert_same_end(workdir_a: Path, workdir_b: Path) -> None:
+    """The two runs of LONG ended bitwise equal, with the same test metrics."""
+    step_a, state_a, meta_a = final_state(workdir_a)
+    step_b, state_b, meta_b = final_state(workdir_b)
     assert step_a == step_b == 150 and meta_a == meta_b
     jax.tree.map(np.testing.assert_array_equal, state_a, state_b)  # bitwise
+    results_a, results_b = (json.loads((w / "results.json").read_text())["test"]
+                            for w in (workdir_a, workdir_b))
+    assert results_a == results_b
+
+
+def _kill_when(command, cwd: Path, ready, what: str) -> None:
+    """Runs ``command`` and SIGKILLs it (no cleanup, no last save) as soon as
+    ``ready(log text)`` holds."""
+    log = cwd / "stderr.txt"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + 240
+        while not ready(log.read_text()):
+            assert process.poll() is None and time.monotonic() < deadline, \
+                f"never {what}:\n{log.read_text()[-3000:]}"
+            time.sleep(0.002)
+        process.kill()
+        assert process.wait(timeout=60) == -signal.SIGKILL
+
+
+def test_sigkill_while_compiling_training_or_saving_loses_nothing(small_data_dir, tmp_path,
+                                                                  uninterrupted):
+    command = main_command(tmp_path, small_data_dir, "run", *LONG)
+    checkpoints = tmp_path / "run" / "checkpoints"
+
+    def saving(_) -> bool:  # Orbax writes a step into a temporary folder, then renames it
+        return checkpoints.is_dir() and any("tmp" in n for n in os.listdir(checkpoints))
+
+    _kill_when(command, tmp_path, lambda text: "data on " in text, "compiled")
+    _kill_when(command, tmp_path, lambda text: "step 60/150" in text, "trained")
+    # Resumed from step 50, saving every 5 steps: killed while one is written.
+    _kill_when([*command, "--config.checkpoint_every_steps=5"], tmp_path, saving, "saved")
+    result = run(command, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resumed from" in result.stderr and "damaged" not in result.stderr
+    _assert_same_end(uninterrupted, tmp_path / "run")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,8 +1,10 @@
-"""Several JAX processes on this machine: joining, training, checkpoints, data slices.
+"""Several JAX processes on this machine: joining, training, predictions by dataset index,
+data slices, preemption.
 
-Each multi-process test starts tests/multiprocess_worker.py in subprocesses with 2
-CPU devices each, joined through a coordinator on a free local port, and compares
-the result with one process over 4 devices (this process: tests/conftest.py).
+Each multi-process test starts tests/multiprocess_worker.py (or ``fgmask_jax.main``) in
+subprocesses with 2 CPU devices each, joined through a coordinator on a free local port,
+and compares the result with one process over 4 devices (this process:
+tests/conftest.py) or with an uninterrupted run of the same processes.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +24,7 @@ import multiprocess_worker as worker
 import numpy as np
 import pytest
 
-from fgmask_jax import checkpointing, distributed
+from fgmask_jax import checkpointing, distributed, errors
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
@@ -34,9 +37,11 @@ def free_port() -> int:
 
 
 def worker_env(devices: int = 2, **extra: str) -> dict[str, str]:
-    """This environment without cluster variables, CPU only, ``devices`` devices per process."""
+    """This environment without cluster variables (the compilation cache kept), CPU only,
+    ``devices`` devices per process."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "OMPI_", "JAX_", "TPU_", distributed.ENV_SWITCH))}
+           if not k.startswith(("SLURM_", "OMPI_", "JAX_", "TPU_", distributed.ENV_SWITCH))
+           or k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
     env.update(extra)
@@ -44,13 +49,15 @@ def worker_env(devices: int = 2, **extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def started(commands: list[tuple[list[str], dict[str, str]]], log_dir: Path):
-    """Starts each (args, env) as a worker; yields the Popens; kills any still running."""
+def started(commands: list[tuple[list[str], dict[str, str]]], log_dir: Path,
+            program: tuple[str, ...] = (str(WORKER),)):
+    """Starts each (args, env) as ``python program args``, the worker by default; yields the
+    Popens; kills any still running."""
     procs = []
     try:
         for i, (args, env) in enumerate(commands):
             log = open(log_dir / f"worker_{i}.log", "w")  # noqa: SIM115 - closed below
-            procs.append((subprocess.Popen([sys.executable, str(WORKER), *args], cwd=REPO,
+            procs.append((subprocess.Popen([sys.executable, *program, *args], cwd=REPO,
                                            env=env, stdout=log, stderr=subprocess.STDOUT), log))
         yield [p for p, _ in procs]
     finally:
@@ -78,55 +85,6 @@ def wait_all(procs, log_dir: Path, timeout: float) -> list[str]:
 def cluster(n: int, port: int, *extra: str) -> list[list[str]]:
     return [[f"--coordinator_address=localhost:{port}", f"--num_processes={n}",
              f"--process_id={i}", "--initialization_timeout=60", *extra] for i in range(n)]
-
-
-# --- two processes train like one ------------------------------------------------------
-
-
-def test_two_processes_train_and_checkpoint_like_one_process(tmp_path):
-    num_steps = 3
-    out = tmp_path / "out"
-    args = cluster(2, free_port(), "--mode=train", f"--out={out}", f"--steps={num_steps}")
-    with started([(a, worker_env()) for a in args], tmp_path) as procs:
-        # Meanwhile, the same steps here: one process, 4 devices, the whole batch.
-        assert jax.device_count() == 4, "tests/conftest.py asks XLA for 4 CPU devices"
-        steps = worker.make_steps(worker.tiny_config())
-        state = worker.train_steps(steps, num_steps)
-        expected = worker.host_values(state)
-        logs = wait_all(procs, tmp_path, timeout=150)
-    for i, p in enumerate(procs):
-        assert p.returncode == 0, f"worker {i} failed:\n{logs[i]}"
-
-    got = [dict(np.load(out / f"params_{i}.npz")) for i in range(2)]
-    assert got[0].keys() == got[1].keys() == expected.keys()
-    for key, value in expected.items():
-        np.testing.assert_array_equal(got[0][key], got[1][key], err_msg=key)
-        np.testing.assert_allclose(got[0][key], value, rtol=1e-4, atol=1e-6, err_msg=key)
-    initial = worker.host_values(steps.init(jax.random.key(0)))
-    assert max(np.abs(initial[k] - expected[k]).max() for k in expected) > 0  # it did train
-
-    # The two-process checkpoint restores in one process, onto another device layout.
-    ckpt = checkpointing.Checkpointer(str(out / "checkpoints"))
-    assert ckpt.all_steps() == [num_steps]
-    restored, meta = ckpt.restore(num_steps, checkpointing.abstract_like(state))
-    ckpt.close()
-    assert meta == {"step": num_steps}
-    for key, value in worker.host_values(restored).items():
-        np.testing.assert_array_equal(value, got[0][key], err_msg=key)
-
-    # Each process read its own rows of every batch; together, each epoch exactly once.
-    orders = [np.load(out / f"order_{i}.npy") for i in range(2)]
-    whole = worker.training_order()  # this process: process_count() == 1, whole batches
-    assert orders[0].shape == orders[1].shape == (worker.ORDER_BATCHES, worker.GLOBAL_BATCH // 2)
-    np.testing.assert_array_equal(np.concatenate(orders, axis=1), whole)
-    per_epoch = (worker.ORDER_EXAMPLES // worker.GLOBAL_BATCH)
-    for epoch in range(worker.ORDER_BATCHES // per_epoch):
-        rows = slice(epoch * per_epoch, (epoch + 1) * per_epoch)
-        mine, theirs = set(orders[0][rows].ravel()), set(orders[1][rows].ravel())
-        assert not mine & theirs
-        seen = np.concatenate([orders[0][rows].ravel(), orders[1][rows].ravel()])
-        assert len(set(seen)) == len(seen) == per_epoch * worker.GLOBAL_BATCH
-        assert set(seen) <= set(range(worker.ORDER_EXAMPLES))
 
 
 # --- end to end ---------------------------------------------------------------------------
@@ -165,6 +123,116 @@ def test_train_and_evaluate_in_two_processes(tmp_path):
     results = json.loads((workdir / "results.json").read_text())
     assert results["steps"] == 3 and set(results["test"]) == set(worker.TASKS)
 
+    # Row for row by dataset index, the two processes predicted what one process did, and
+    # their tables agree (the processes' devices hold the rows in another order).
+    with np.load(workdir / "predictions.npz") as two, \
+            np.load(tmp_path / "one" / "predictions.npz") as one:
+        assert sorted(two.files) == sorted(one.files)
+        np.testing.assert_array_equal(two["index"], np.arange(15))  # the 15 test images
+        for name in one.files:
+            np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=1e-5,
+                                       err_msg=name)
+    alone = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert results["subgroups"] == alone["subgroups"]
+    for task, values in alone["calibration"].items():
+        for key, value in values.items():
+            assert results["calibration"][task][key] == pytest.approx(value, rel=1e-3), key
+
+    # Each process read its own rows of every training batch; together, each epoch once.
+    orders = [np.load(workdir / f"order_{i}.npy") for i in range(2)]
+    whole = worker.training_order()  # this process: process_count() == 1, whole batches
+    assert orders[0].shape == orders[1].shape == (worker.ORDER_BATCHES, worker.GLOBAL_BATCH // 2)
+    np.testing.assert_array_equal(np.concatenate(orders, axis=1), whole)
+    per_epoch = (worker.ORDER_EXAMPLES // worker.GLOBAL_BATCH)
+    for epoch in range(worker.ORDER_BATCHES // per_epoch):
+        rows = slice(epoch * per_epoch, (epoch + 1) * per_epoch)
+        mine, theirs = set(orders[0][rows].ravel()), set(orders[1][rows].ravel())
+        assert not mine & theirs
+        seen = np.concatenate([orders[0][rows].ravel(), orders[1][rows].ravel()])
+        assert len(set(seen)) == len(seen) == per_epoch * worker.GLOBAL_BATCH
+        assert set(seen) <= set(range(worker.ORDER_EXAMPLES))
+
+
+# --- preemption: every process stops at the same step ------------------------------------
+
+STOP_RUN = ("--config.num_train_steps=40", "--config.log_every_steps=2",
+            "--config.checkpoint_every_steps=20", "--config.eval_every_steps=20")
+
+
+def main_args(workdir: Path, data_dir: str, port: int) -> list[list[str]]:
+    """``python -m fgmask_jax.main`` arguments of each of two processes (STOP_RUN)."""
+    return [[f"--config={REPO / 'configs' / 'multitask.py'}:data=synthetic,model=resnet_tiny,"
+             "size=32", f"--workdir={workdir}", "--config.dataset=synthetic_masked_faces/small",
+             f"--config.data_dir={data_dir}", "--config.batch_size=8",
+             "--config.warmup_epochs=0", "--config.saliency_images=0", *STOP_RUN, *a]
+            for a in cluster(2, port)]
+
+
+def main_processes(workdir: Path, data_dir: str, log_dir: Path):
+    """Starts two processes of ``main`` on ``workdir`` (`started`), logging to ``log_dir``."""
+    log_dir.mkdir()
+    args = main_args(workdir, data_dir, free_port())
+    return started([(a, worker_env()) for a in args], log_dir, ("-m", "fgmask_jax.main"))
+
+
+def run_main(workdir: Path, data_dir: str, log_dir: Path, signal_to: int | None = None,
+             after: str = "") -> tuple[list[int], list[str]]:
+    """Two processes of ``main`` on ``workdir``; with ``signal_to``, SIGTERM to that process
+    once process 0 logs ``after``. Returns their exit codes and logs."""
+    with main_processes(workdir, data_dir, log_dir) as procs:
+        if signal_to is not None:
+            deadline = time.monotonic() + 180
+            while after not in (log_dir / "worker_0.log").read_text():
+                assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+                    (log_dir / "worker_0.log").read_text()
+                time.sleep(0.05)
+            procs[signal_to].send_signal(signal.SIGTERM)
+        logs = wait_all(procs, log_dir, timeout=240)
+    return [p.returncode for p in procs], logs
+
+
+def stopped_at(codes: list[int], logs: list[str], workdir: Path) -> int:
+    """The one step at which both processes stopped by SIGTERM (checked: exit 143, one line
+    each, one checkpoint of that step)."""
+    assert codes == [143, 143], logs
+    lasts = [log.strip().splitlines()[-1] for log in logs]
+    for last in lasts:
+        assert last.startswith("fgmask_jax.main: stopped by SIGTERM at step "), lasts
+    assert lasts[0] == lasts[1], lasts
+    assert not any("Traceback" in log for log in logs), logs
+    step = int(lasts[0].split(" at step ")[1].split()[0])
+    assert f"saved a checkpoint at step {step} in {workdir / 'checkpoints'}" in lasts[0]
+    assert checkpointing.Checkpointer(str(workdir / "checkpoints")).latest_step() == step
+    return step
+
+
+def test_sigterm_to_either_process_stops_both_at_one_step_and_the_rerun_ends_bitwise_equal(
+        small_data_dir, tmp_path):
+    from test_train import final_state
+
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    with main_processes(whole, small_data_dir, tmp_path / "whole_logs") as procs:
+        # Meanwhile, SIGTERM to process 1 while it trains, then to process 0 as it resumes.
+        codes, logs = run_main(split, small_data_dir, tmp_path / "first", signal_to=1,
+                               after="step 10/40")
+        whole_logs = wait_all(procs, tmp_path / "whole_logs", timeout=240)
+    assert [p.returncode for p in procs] == [0, 0], whole_logs
+    first = stopped_at(codes, logs, split)
+    assert 10 <= first < 40
+    codes, logs = run_main(split, small_data_dir, tmp_path / "second", signal_to=0,
+                           after=f"Resumed from {split / 'checkpoints'} at step {first}")
+    second = stopped_at(codes, logs, split)
+    assert first < second < 40
+
+    codes, logs = run_main(split, small_data_dir, tmp_path / "last")
+    assert codes == [0, 0], logs
+    step_a, state_a, meta_a = final_state(whole)
+    step_b, state_b, meta_b = final_state(split)
+    assert step_a == step_b == 40 and meta_a == meta_b
+    jax.tree.map(np.testing.assert_array_equal, state_a, state_b)  # bitwise
+    results = [json.loads((w / "results.json").read_text()) for w in (whole, split)]
+    assert results[0]["test"] == results[1]["test"]
+
 
 # --- joining and failing in bounded time ------------------------------------------------
 
@@ -177,12 +245,19 @@ def test_unreachable_coordinator_and_missing_peer_fail_within_the_timeout(tmp_pa
     lone_coordinator = [f"--coordinator_address=localhost:{free_port()}", "--num_processes=2",
                         "--process_id=0", f"--initialization_timeout={timeout}", "--mode=join",
                         f"--out={tmp_path}"]
+    # An srun-like task whose process 0 never came: an error, not a run alone.
+    slurm_task = worker_env(SLURM_JOB_ID="4243", SLURM_STEP_NODELIST="localhost",
+                            SLURM_NTASKS="2", SLURM_STEP_NUM_NODES="1", SLURM_PROCID="1",
+                            SLURM_LOCALID="1", JAX_COORDINATOR_PORT=str(free_port()))
     start = time.monotonic()
-    with started([(lone_worker, worker_env()), (lone_coordinator, worker_env())],
-                 tmp_path) as procs:
+    with started([(lone_worker, worker_env()), (lone_coordinator, worker_env()),
+                  ([f"--initialization_timeout={timeout}", "--mode=join", f"--out={tmp_path}"],
+                   slurm_task)], tmp_path) as procs:
         logs = wait_all(procs, tmp_path, timeout=60)
     elapsed = time.monotonic() - start
     assert all(p.returncode != 0 for p in procs), logs
+    assert "could not reach the coordinator at localhost:" in logs[2]
+    assert "(from slurm)" in logs[2] and "ClusterJoinError" in logs[2]
     # Start-up (importing JAX) takes a few seconds on a busy machine; the wait itself is bounded.
     assert elapsed < timeout + 30, logs
     assert "could not reach the coordinator at localhost:" in logs[0]
@@ -281,3 +356,33 @@ def test_slurm_detection(no_cluster, tasks, nodes, local_id, expected_devices):
     no_cluster.setenv("SLURM_STEP_NUM_NODES", "1")
     assert distributed.plan(distributed.Options()) is None
 
+
+
+def test_clusters_are_read_from_their_documented_variables(no_cluster):
+    assert [distributed.first_host(h) for h in ("node001", "node001,host2", "gpu[003-004]",
+                                                "a-b[07,9-12],c")] == [
+        "node001", "node001", "gpu003", "a-b07"]
+    assert distributed.detected_cluster({}) is None
+    mpi = distributed.detected_cluster({"OMPI_COMM_WORLD_SIZE": "4"})
+    assert (mpi.name, mpi.num_processes, mpi.coordinator_address) == ("ompi", 4, None)
+    assert distributed.detected_cluster({"TPU_WORKER_HOSTNAMES": "t0,t1"}).num_processes == 2
+    # Open MPI and TPU pods: jax.distributed.initialize's own detection fills in the rest.
+    no_cluster.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    assert distributed.plan(distributed.Options()) == distributed.Plan("jax", None, None, None,
+                                                                       None)
+    no_cluster.setenv("OMPI_COMM_WORLD_SIZE", "one")
+    with pytest.raises(errors.ConfigError, match="do not parse"):
+        distributed.plan(distributed.Options())
+
+
+@pytest.mark.parametrize("command", ["fgmask_jax.study", "fgmask_jax.mask_gap"])
+def test_study_and_mask_gap_join_a_cluster_like_main(tmp_path, command):
+    args = [sys.executable, "-m", command, f"--workdir={tmp_path / 'run'}",
+            f"--coordinator_address=localhost:{free_port()}", "--num_processes=2",
+            "--process_id=1", "--initialization_timeout=2"]
+    result = subprocess.run(args, cwd=REPO, env=worker_env(), capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{command}: could not reach the coordinator at localhost:"), last
+    assert not (tmp_path / "run").exists()

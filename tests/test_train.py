@@ -35,10 +35,11 @@ def _numpy(x):
 
 
 def final_state(workdir):
-    """(step, state as numpy, meta) of the run's newest checkpoint."""
+    """(step, state as numpy, meta) of the run's newest checkpoint, whatever devices and
+    processes saved it."""
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
     step = ckpt.latest_step()
-    state, meta = ckpt.restore(step, None)
+    state, meta = ckpt.restore_here(step)
     ckpt.close()
     return step, jax.tree.map(_numpy, state), meta
 
@@ -103,11 +104,11 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(small_data_dir, tmp_pa
             super().__init__(*args, **kwargs)
             real_train, calls = self.train, []
 
-            def train_step(state, batch):
+            def train_step(state, batch, signum=None):
                 calls.append(1)
                 if len(calls) == 5:
                     raise _Preempted
-                return real_train(state, batch)
+                return real_train(state, batch, signum)
 
             self.train = train_step
 
@@ -211,6 +212,35 @@ def test_lopo_trains_one_model_per_fold_and_pools_every_image(small_data_dir, tm
     assert not calls
 
 
+def test_evaluation_outputs_are_assembled_by_dataset_index(small_data_dir):
+    from fgmask_jax import runs
+    from fgmask_jax.train.evaluate import evaluate, host_eval_batches
+
+    config = tiny_config(small_data_dir)
+    source = pipeline.open_split(config.dataset, "test", small_data_dir)
+    tx, _ = train.make_optimizer(config, 10, 100)
+    steps = train.Steps(runs.make_model(config), tx, config, train.make_mesh())
+    state = steps.init(jax.random.key(0))
+
+    def outputs(indices):
+        batches = host_eval_batches(steps, source, indices, config)
+        return evaluate(steps, state, batches, config, return_outputs=True)
+
+    in_order = np.arange(len(source))
+    metrics, out = outputs(in_order)
+    shuffled_metrics, shuffled = outputs(np.random.default_rng(0).permutation(in_order))
+    np.testing.assert_array_equal(shuffled["index"], in_order)
+    np.testing.assert_array_equal(shuffled["label_gender"],
+                                  pipeline.read_labels(source)["gender"])
+    for name, value in out.items():
+        np.testing.assert_allclose(shuffled[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    for task, summary in metrics.items():
+        assert shuffled_metrics[task].pop("loss") == pytest.approx(summary.pop("loss"))
+        assert shuffled_metrics[task] == summary
+    with pytest.raises(RuntimeError, match="evaluated more than once"):
+        outputs(np.concatenate([in_order[:3], in_order[:3]]))
+
+
 def test_placement_takes_the_config_or_the_free_memory():
     config = tiny_config("", data_on_device=None, workers=None)
     assert config_lib.load("configs/multitask.py").data_on_device is None  # auto by default
@@ -248,6 +278,38 @@ def test_checkpoints_on_time_and_best_with_the_next_one(small_data_dir, tmp_path
     assert again["test"] == results["test"]
     timing = json.loads((tmp_path / "rarely" / "results.json").read_text())["timing"]
     assert timing["first_step_s"] > 0 and timing["train_images_per_s"] > 0
+
+
+def test_every_checkpoint_finds_its_best_state_after_a_crash_between_the_two_saves(
+        small_data_dir, tmp_path, monkeypatch):
+    from fgmask_jax.train import loop
+
+    # Every validation is a new best (3, 6, 9); the run dies as it saves checkpoints/9,
+    # after best/9 is written.
+    scores = iter(range(100))
+    monkeypatch.setattr(loop.evaluate_lib, "selection_score", lambda *_: next(scores))
+    real_save = checkpointing.Checkpointer.save
+
+    def save(self, step, state, meta):
+        if step == 9 and self.directory.endswith("checkpoints"):
+            raise _Preempted
+        real_save(self, step, state, meta)
+
+    monkeypatch.setattr(checkpointing.Checkpointer, "save", save)
+    config = tiny_config(small_data_dir, num_train_steps=9)
+    with pytest.raises(_Preempted):
+        train.train_and_evaluate(config, str(tmp_path))
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
+    best = checkpointing.Checkpointer(str(tmp_path / "best"))
+    assert ckpt.all_steps() == [3, 6] and best.all_steps() == [3, 6, 9]
+    for step in ckpt.all_steps():  # each checkpoint's best state is there
+        assert ckpt.restore_here(step)[1]["best_step"] in best.all_steps()
+
+    monkeypatch.setattr(checkpointing.Checkpointer, "save", real_save)
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert results["best_step"] == 9
+    best = checkpointing.Checkpointer(str(tmp_path / "best"))
+    assert best.all_steps() == [9]  # once finished, the best state alone
 
 
 def _files(folder) -> dict[str, bytes]:

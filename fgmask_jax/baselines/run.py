@@ -168,10 +168,10 @@ def run_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for task in config.tasks
     }
     if is_main:  # predictions before results.json: a finished run has both
-        writers.write_predictions(os.path.join(workdir, "predictions.npz"),
-                                  data["subject_id"][tested],
-                                  {t: data[t][tested] for t in config.tasks},
-                                  {t: predictions[t][tested] for t in config.tasks})
+        writers.write_predictions(os.path.join(workdir, "predictions.npz"), {
+            "index": data["index"][tested], "subject_id": data["subject_id"][tested],
+            **{f"label_{t}": data[t][tested] for t in config.tasks},
+            **{f"pred_{t}": predictions[t][tested] for t in config.tasks}}, config.tasks)
         _write(config, workdir, results, selection, len(fold_list))
     logging.info("Test metrics (%s):\n%s", describe(config), report_lib.format_table(results))
     return {"test": results, "selection": selection, "folds": len(fold_list)}

@@ -163,7 +163,8 @@ def decode_image(data: bytes, image_size: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class _LoadBatch:
-    """Reads and decodes a batch of example indices: {image: uint8[B,S,S,3], label: int32[B]...}."""
+    """Reads and decodes a batch of example indices: {image: uint8[B,S,S,3], label: int32[B]...,
+    index: the examples' indices (int32[B], -1 for a pad), mask: False for a pad}."""
 
     source: Sequence
     image_size: int
@@ -175,6 +176,7 @@ class _LoadBatch:
             "image": np.stack([decode_image(r["image"], self.image_size) for r in records]),
             **{k: np.asarray([r[k] for r in records], np.int32) for k in LABEL_KEYS},
         }
+        batch["index"] = np.where(valid, indices, -1).astype(np.int32)
         batch["mask"] = valid
         return batch
 
@@ -271,7 +273,8 @@ def to_global(batch: dict[str, np.ndarray], sharding: jax.sharding.NamedSharding
 
 
 def load_all(source, indices: np.ndarray, image_size: int, workers: int = 0) -> dict:
-    """All of ``source[indices]``, decoded, in memory on this process (whole-dataset mode)."""
+    """All of ``source[indices]``, decoded, in memory on this process (whole-dataset mode):
+    {image, labels..., index: ``indices``}."""
     chunks = np.array_split(np.asarray(indices), max(1, math.ceil(len(indices) / 256)))
     ds = grain.MapDataset.source(chunks).map(_LoadBatch(source, image_size))
     loaded = list(iterate(ds, workers=workers))

@@ -9,11 +9,17 @@ computation) calls ``jax.distributed.initialize`` in exactly these cases:
 
 - ``--coordinator_address``, ``--num_processes`` and ``--process_id`` are given
   (a bare cluster, or ``launch/local.sh``);
-- JAX detects a cluster job with more than one process: a SLURM step started by
-  ``srun`` with several tasks, a Cloud TPU VM pod slice (several workers), or an
-  Open MPI ``mpirun``;
+- the environment variables say this process is one of several of a cluster job
+  (`detected_cluster`): a SLURM step started by ``srun`` with several tasks (the
+  coordinator, count and index are read from SLURM's variables), an Open MPI
+  ``mpirun`` or a Cloud TPU pod slice (``jax.distributed.initialize()`` then finds
+  the rest itself). Under such a job, a failure to join is an error, never a quiet
+  run alone: N copies of one run on one workdir is what it prevents;
 - ``--distributed=on`` or ``FGMASK_DISTRIBUTED=1``: always, and JAX fills in
   whatever is not given (its own cluster detection, ``JAX_COORDINATOR_ADDRESS``).
+
+Only public JAX API is used: ``jax.distributed.initialize`` with explicit arguments
+or its own detection.
 
 ``--distributed=off`` or ``FGMASK_DISTRIBUTED=0`` never joins. A plain
 ``python -m fgmask_jax.main ...`` on a laptop reaches nothing.
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import time
 
@@ -40,9 +47,6 @@ from absl import logging
 from fgmask_jax import errors
 
 ENV_SWITCH = "FGMASK_DISTRIBUTED"
-# JAX's cluster environments that may start a run on their own (see jax._src.clusters).
-# Kubernetes and mpi4py are left out: they need --distributed=on to be used.
-AUTO_CLUSTERS = ("slurm", "ompi", "gcetpu", "gketpu")
 
 class ClusterJoinError(errors.UserError, RuntimeError):
     """This process could not join the multi-process cluster."""
@@ -111,28 +115,48 @@ def _parse_device_ids(text: str) -> tuple[int, ...] | str:
     return ids
 
 
-def detected_cluster():
-    """JAX's cluster environment of this process (a ``ClusterEnv`` class) or None.
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """A cluster job found in this process's environment variables."""
 
-    The same detection ``jax.distributed.initialize()`` runs, limited to AUTO_CLUSTERS;
-    it reads environment variables only (on a Cloud TPU VM, also its metadata server).
-    """
-    try:
-        from jax._src import clusters
-    except ImportError:  # JAX moved its cluster detection: only explicit flags then
-        logging.warning("jax._src.clusters is gone in this JAX version: cluster jobs are "
-                        "not detected; give --coordinator_address/--num_processes/--process_id")
-        return None
-    for env in clusters.ClusterEnv._cluster_types:
-        if getattr(env, "name", "") in AUTO_CLUSTERS and env.is_env_present():
-            return env
+    name: str  # "slurm", "ompi" or "tpu"
+    num_processes: int
+    # Resolved here (SLURM); None: jax.distributed.initialize's own detection fills it in.
+    coordinator_address: str | None = None
+    process_id: int | None = None
+    local_process_id: int | None = None
+    one_task_per_node: bool = False
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM host list: 'gpu[003-004],cpu1' -> 'gpu003'."""
+    match = re.match(r"([^,\[]*)(?:\[([^\],-]*))?", nodelist.strip())
+    return match.group(1) + (match.group(2) or "")
+
+
+def detected_cluster(environ=os.environ) -> Cluster | None:
+    """The cluster job this process belongs to, from its documented environment variables
+    (nothing is contacted): a SLURM step started by ``srun`` (SLURM_JOB_ID, SLURM_NTASKS,
+    SLURM_PROCID, SLURM_LOCALID, SLURM_STEP_NODELIST), an Open MPI ``mpirun``
+    (OMPI_COMM_WORLD_SIZE), or a Cloud TPU pod slice (TPU_WORKER_HOSTNAMES, several hosts).
+    None for anything else: a plain run, or a cluster that needs ``--distributed=on``."""
+    if "SLURM_JOB_ID" in environ and "SLURM_PROCID" in environ:
+        tasks = environ.get("SLURM_STEP_NUM_TASKS", environ.get("SLURM_NTASKS", "1"))
+        nodes = environ.get("SLURM_STEP_NUM_NODES", environ.get("SLURM_NNODES", "1"))
+        nodelist = environ.get("SLURM_STEP_NODELIST", environ.get("SLURM_JOB_NODELIST", ""))
+        # JAX's rule for the port, so that a job may mix this with jax's own detection.
+        port = environ.get("JAX_COORDINATOR_PORT") or str(
+            int(environ["SLURM_JOB_ID"]) % 2**12 + 65535 - 2**12 + 1)
+        local = environ.get("SLURM_LOCALID")
+        return Cluster("slurm", int(tasks), f"{first_host(nodelist)}:{port}",
+                       int(environ["SLURM_PROCID"]), int(local) if local else None,
+                       one_task_per_node=tasks == nodes)
+    if "OMPI_COMM_WORLD_SIZE" in environ:
+        return Cluster("ompi", int(environ["OMPI_COMM_WORLD_SIZE"]))
+    hosts = [h for h in environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+    if hosts:
+        return Cluster("tpu", len(hosts))
     return None
-
-
-def _slurm_one_task_per_node(environ=os.environ) -> bool:
-    tasks = environ.get("SLURM_STEP_NUM_TASKS", environ.get("SLURM_NTASKS"))
-    nodes = environ.get("SLURM_STEP_NUM_NODES", environ.get("SLURM_NNODES"))
-    return tasks is not None and tasks == nodes
 
 
 def plan(options: Options) -> Plan | None:
@@ -167,28 +191,30 @@ def plan(options: Options) -> Plan | None:
         if len(given) == 3:
             return Plan("flags", options.coordinator_address, options.num_processes,
                         options.process_id, chosen)
-    env = detected_cluster()
-    if env is None:
+    try:
+        cluster = detected_cluster()
+    except ValueError as e:  # a cluster's variables that are not numbers
+        raise errors.ConfigError(f"the cluster's environment variables do not parse ({e}); "
+                                 "give --coordinator_address, --num_processes and "
+                                 "--process_id, or --distributed=off") from None
+    if cluster is None:
         if options.mode == "on":  # JAX's full detection: Kubernetes, JAX_COORDINATOR_ADDRESS
             return Plan("jax", options.coordinator_address, options.num_processes,
                         options.process_id, chosen)
         return None
-    count = options.num_processes or env.get_process_count()
+    count = options.num_processes or cluster.num_processes
     if count <= 1 and options.mode == "auto":
-        logging.info("%s job with one process: running alone", env.name)
+        logging.info("%s job with one process: running alone", cluster.name)
         return None
-    coordinator = options.coordinator_address or env.get_coordinator_address(
-        timeout_secs=options.initialization_timeout,
-        override_coordinator_port=os.environ.get("JAX_COORDINATOR_PORT"),
-    )
-    process_id = options.process_id if options.process_id is not None else env.get_process_id()
-    if devices == "auto" and env.name == "slurm" and not _slurm_one_task_per_node():
-        local = env.get_local_process_id()  # JAX's rule: task i of a node drives GPU i
-        chosen = (local,) if local is not None else None
-    elif devices == "auto" and env.name == "ompi":
-        local = env.get_local_process_id()
-        chosen = (local,) if local is not None else None
-    return Plan(env.name, coordinator, count, process_id, chosen)
+    if cluster.name != "slurm":  # JAX's own detection resolves the rest (public API)
+        return Plan("jax", options.coordinator_address, options.num_processes,
+                    options.process_id, chosen)
+    if devices == "auto" and not cluster.one_task_per_node:
+        # JAX's rule: task i of a node drives GPU i
+        chosen = (cluster.local_process_id,) if cluster.local_process_id is not None else None
+    return Plan("slurm", options.coordinator_address or cluster.coordinator_address, count,
+                options.process_id if options.process_id is not None else cluster.process_id,
+                chosen)
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -229,13 +255,13 @@ def join(p: Plan, initialization_timeout: int = 300, heartbeat_timeout: int = 10
     """
     import jax
 
-    if p.process_id not in (None, 0) and p.coordinator_address:
-        wait_for_coordinator(p.coordinator_address, initialization_timeout)
     logging.info(
         "Joining the cluster: %s; waiting up to %d s for all processes. If this process "
         "aborts with DEADLINE_EXCEEDED, a process did not start or cannot reach the "
         "coordinator: see the other processes' logs.", p.describe(), initialization_timeout,
     )
+    if p.process_id not in (None, 0) and p.coordinator_address:
+        wait_for_coordinator(p.coordinator_address, initialization_timeout)
     kwargs = dict(
         coordinator_address=p.coordinator_address,
         num_processes=p.num_processes,
@@ -287,10 +313,11 @@ def maybe_initialize(options: Options | None = None) -> bool:
         log_topology()
         return True
     p = plan(options)
-    if p is not None:
-        join(p, options.initialization_timeout, options.heartbeat_timeout)
+    if p is None:
+        return False  # a plain run: the training log names its device count
+    join(p, options.initialization_timeout, options.heartbeat_timeout)
     log_topology()
-    return p is not None
+    return True
 
 
 def check_all_reduce() -> float:

@@ -71,15 +71,23 @@ def write_json(path: str, value) -> None:
     write_text(path, json.dumps(value, indent=1))
 
 
-def write_predictions(path: str, subject_id, labels: dict, predictions: dict) -> None:
-    """Saves per-image test outputs as .npz: ``subject_id``, ``label_<task>`` and
-    ``pred_<task>`` (int64[N]), the file the study's person bootstrap reads."""
-    arrays = {"subject_id": np.asarray(subject_id, np.int64)}
-    for task in labels:
-        arrays[f"label_{task}"] = np.asarray(labels[task], np.int64)
-        arrays[f"pred_{task}"] = np.asarray(predictions[task], np.int64)
-    with epath.Path(path).open("wb") as f:
+def write_predictions(path: str, outputs: dict, tasks) -> None:
+    """Saves per-image test outputs as .npz (atomically), the file the study's person
+    bootstrap reads: ``subject_id``, ``label_<task>``, ``pred_<task>`` (int64[N]), and where
+    ``outputs`` has them, ``index`` (each image's index in its split, int64[N]) and
+    ``logits_<task>`` (float32[N, classes])."""
+    arrays = {k: np.asarray(outputs[k], np.int64) for k in ("index", "subject_id")
+              if k in outputs}
+    for task in tasks:
+        arrays[f"label_{task}"] = np.asarray(outputs[f"label_{task}"], np.int64)
+        arrays[f"pred_{task}"] = np.asarray(outputs[f"pred_{task}"], np.int64)
+        if f"logits_{task}" in outputs:
+            arrays[f"logits_{task}"] = np.asarray(outputs[f"logits_{task}"], np.float32)
+    target = epath.Path(path)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # as `write_text`
+    with temporary.open("wb") as f:
         np.savez(f, **arrays)
+    temporary.replace(target)
 
 
 _NOISY = ("/orbax/", "/tensorflow_datasets/", "/array_record/", "/grain/",

@@ -118,7 +118,7 @@ def step_budget(config, labels: dict[str, np.ndarray]) -> int:
 
 
 def predict_split(folder: str, source, config) -> dict[str, np.ndarray]:
-    """The run in ``folder`` on every image of ``source``: {subject_id, label_<task>,
+    """The run in ``folder`` on every image of ``source``: {index, subject_id, label_<task>,
     pred_<task>}."""
     from fgmask_jax.data import pipeline
     from fgmask_jax.inference import Predictor
@@ -126,7 +126,8 @@ def predict_split(folder: str, source, config) -> dict[str, np.ndarray]:
     data = pipeline.load_all(source, np.arange(len(source)), config.image_size)
     predictor = Predictor.from_workdir(folder, batch_size=config.batch_size)
     probs = predictor.probabilities(data["image"])
-    out = {"subject_id": data["subject_id"].astype(np.int64)}
+    out = {"index": data["index"].astype(np.int64),
+           "subject_id": data["subject_id"].astype(np.int64)}
     for task in config.tasks:
         out[f"label_{task}"] = data[task].astype(np.int64)
         out[f"pred_{task}"] = np.argmax(probs[task], -1).astype(np.int64)
@@ -270,9 +271,7 @@ def train_and_test(workdir: str, cell: Cell, base_config, splits: Splits,
                            test_name=f"masked {splits.names['test']} split")
     for t, split in (("masked", "test"), ("unmasked", "unmasked_test")):
         p = predict_split(folder, splits.sources[split], config)
-        writers.write_predictions(files[t], p["subject_id"],
-                                  {k: p[f"label_{k}"] for k in config.tasks},
-                                  {k: p[f"pred_{k}"] for k in config.tasks})
+        writers.write_predictions(files[t], p, config.tasks)
     record.update(status="ran", seconds=round(time.perf_counter() - t0, 1))
     return record
 

@@ -43,28 +43,35 @@ def evaluate(steps: Steps, state: TrainState, batches, config,
     `device_eval_batches`): {task: summary (see metrics.summarize) + loss}.
 
     The outputs stay on the device until the pass ends, then come to the host at once.
+    Every example carries its dataset index through the gather: the outputs are put in
+    the order of that index, whatever order the devices of the processes gave them in.
 
-    ``return_outputs``: also the per-example outputs in the batches' order,
-    (results, {subject_id, label_<task>, pred_<task>, logits_<task>: [N, ...]}).
+    ``return_outputs``: also the per-example outputs, by dataset index, (results,
+    {index, subject_id, label_<task>, pred_<task>, logits_<task>: [N, ...]}).
 
-    ``predictions_path``: process 0 also saves the per-example ``subject_id``,
-    ``label_<task>`` and ``pred_<task>`` (int64[N], pads removed) there as .npz.
+    ``predictions_path``: process 0 also saves them there (`writers.write_predictions`).
+
+    Raises:
+      RuntimeError: an example was evaluated twice (a bug in the batches).
     """
     outs = [steps.eval(state, batch) for batch in batches]
     out = jax.tree.map(lambda *xs: jnp.concatenate(xs), *outs) if len(outs) > 1 else outs[0]
     out = jax.device_get(multihost_utils.process_allgather(out, tiled=True))
-    mask = out["mask"]
+    rows = np.flatnonzero(out.pop("mask"))
+    rows = rows[np.argsort(out["index"][rows], kind="stable")]
+    out = {k: v[rows] for k, v in out.items()}
+    if len(np.unique(out["index"])) != len(rows):
+        raise RuntimeError("an example was evaluated more than once: the evaluation batches "
+                           "repeat a dataset index")
     if predictions_path and jax.process_index() == 0:
-        writers.write_predictions(predictions_path, out["subject_id"][mask],
-                                  {t: out[f"label_{t}"][mask] for t in config.tasks},
-                                  {t: out[f"pred_{t}"][mask] for t in config.tasks})
+        writers.write_predictions(predictions_path, out, config.tasks)
     results = {}
     for t in config.tasks:
-        y, pred = out[f"label_{t}"][mask], out[f"pred_{t}"][mask]
-        results[t] = metrics_lib.summarize(y, pred, len(labels_lib.TASKS[t]))
-        results[t]["loss"] = float(out[f"loss_{t}"][mask].mean())
+        results[t] = metrics_lib.summarize(out[f"label_{t}"], out[f"pred_{t}"],
+                                           len(labels_lib.TASKS[t]))
+        results[t]["loss"] = float(out[f"loss_{t}"].mean())
     if return_outputs:
-        return results, {k: v[mask] for k, v in out.items() if k != "mask"}
+        return results, out
     return results
 
 

@@ -61,7 +61,11 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
     steps = Steps(model, tx, config, mesh)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                       config.keep_checkpoints)
-    best_ckpt = checkpointing.Checkpointer(os.path.join(workdir, "best"), 1)
+    # best/ keeps one more than checkpoints/: the best step of every checkpoint kept, even
+    # when a crash left a best newer than the last checkpoint (Loop._save).
+    keep = config.keep_checkpoints
+    best_ckpt = checkpointing.Checkpointer(os.path.join(workdir, "best"),
+                                           keep + 1 if keep else None)
     state, meta = state_lib.start(steps, model, config, ckpt)
     start = int(meta["step"])
     # Best checkpoints after the resumed step belong to steps that are run again.
@@ -76,6 +80,8 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
     trained = loop.run(state, meta, train_source, fit, val)
     # The test split is read once, by the best model on the validation subset.
     state, tested_step = runs.restore_best(trained.state, trained.meta, best_ckpt, ckpt)
+    if tested_step in best_ckpt.all_steps():  # a finished run keeps its best state only
+        best_ckpt.delete_all_but(tested_step)
     ckpt.close()
     best_ckpt.close()
     result, calibration = test(steps, state, trained, config, workdir, test_source,
@@ -145,11 +151,14 @@ def test(steps: Steps, state, trained: Trained, config, workdir: str, test_sourc
     calibration = calibration_lib.calibrate_tasks(
         by_task(val_out, "logits"), by_task(val_out, "label"),
         by_task(test_out, "logits"), by_task(test_out, "label"))
-    test_ix = np.asarray(test_indices)
-    groups = {g: v[test_ix] for g, v in pipeline.read_labels(test_source).items()
+    tested = test_out["index"]  # the tables are assembled by dataset index
+    if not np.array_equal(tested, np.sort(test_indices)):
+        raise RuntimeError(f"the test pass evaluated {len(tested)} images, not the "
+                           f"{len(test_indices)} asked for: a bug in the evaluation batches")
+    groups = {g: v[tested] for g, v in pipeline.read_labels(test_source).items()
               if g in labels_lib.TASKS}
     if (kinds := pipeline.read_mask_kinds(test_source)) is not None:
-        groups["mask_kind"] = kinds[test_ix]
+        groups["mask_kind"] = kinds[tested]
     subgroups = subgroups_lib.subgroup_accuracy(
         by_task(test_out, "label"), by_task(test_out, "pred"), test_out["subject_id"], groups,
         group_names=dict(labels_lib.TASKS), seed=config.seed)

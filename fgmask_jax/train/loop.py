@@ -3,9 +3,12 @@ policy, and stopping on Ctrl-C or SIGTERM with the work saved.
 
 The host runs one step ahead of its checks: a step's loss is checked for finiteness
 after the next step is dispatched, so the device stays busy while the host waits.
+A signal is handed to the next step, which gives every process the largest one
+(`Steps.train`): all processes learn it from the same step's outputs, so all of them
+save the same step and stop there.
 The best validation state is copied on the device and written to ``best/`` with the
 next checkpoint (on time, at the end, on early stopping or a signal), not when it
-happens.
+happens, and before that checkpoint: every checkpoint's best step is in ``best/``.
 """
 
 from __future__ import annotations
@@ -87,21 +90,25 @@ class Loop:
         start = int(meta["step"])
         self.meta, self.t0, self.n0 = meta, time.perf_counter(), start
         self.reached = self.saved = start  # the last step computed, the last one saved
-        # A single process finishes its step, saves and stops on Ctrl-C or SIGTERM (one that
-        # comes while the data loads stops it after the first step). Processes of a cluster
-        # could not agree on the step, so there a signal stops at once (saves in flight are
-        # still completed).
+        self.signum = 0  # the signal every process agreed to stop for (`agreed_stop`)
+        # Ctrl-C or SIGTERM ends the step, saves and stops, on every process at the same
+        # step: each step carries this process's pending signal to all of them (Steps.train).
         try:
-            with signals.deferred(enabled=jax.process_count() == 1) as self.stop:
+            with signals.deferred() as self.stop:
                 batches, val_batches, workers = inputs(self.steps, self.config, source, fit,
                                                        val, start)
                 for step in range(start + 1, self.total_steps + 1):
                     state = self._step(state, next(batches), step, val_batches)
-                    if self.stop.signum is not None:
-                        self._stop(self.stop.signum, step)
+                    if self.signum:
+                        self._stop(step)
                     if self.stopped_early:
                         break
-        except KeyboardInterrupt as e:  # a second signal, or one in a cluster
+                self._wait()
+                # A signal after the last step's check: the processes agree on it once more.
+                self.signum = agreed_stop(self.stop.signum)
+                if self.signum:
+                    self._stop(self.reached)
+        except KeyboardInterrupt as e:  # a second signal: stop now
             self.writer.close()
             self._wait()
             last = (f"the last checkpoint is step {self.saved}" if self.saved
@@ -118,7 +125,7 @@ class Loop:
         return Trained(state, self.meta, self._timing(start), val_batches, workers)
 
     def _step(self, state: TrainState, batch, step: int, val_batches) -> TrainState:
-        state, scalars = self.steps.train(state, batch)
+        state, scalars = self.steps.train(state, batch, self.stop.signum)
         self.reached = step
         if self.first_step_s is None:  # data, initialisation and compilation
             jax.block_until_ready(scalars)
@@ -126,20 +133,24 @@ class Loop:
             self.first_step_s = self.loop_began - self.began
             logging.info("first step done %.1fs after the run started", self.first_step_s)
         if self.pending is not None:
-            check_finite(*self.pending, self.ckpt)
+            self._check()
         self.pending = (step, scalars)
         last = step == self.total_steps
         if step % self.config.log_every_steps == 0 or last:
             self._log(step, scalars)
         if step % self.eval_every == 0 or last:
             self._validate(state, step, val_batches)
-        if (last or self.stopped_early or self.stop.signum is not None
+        if (last or self.stopped_early or self.signum
                 or checkpoint_due(self.config, step, self.last_save, self.eval_every)):
             self._save(state, step)
         return state
 
+    def _check(self) -> None:
+        """Checks the pending step (`check_finite`) and takes in the stop it carries."""
+        self.signum = check_finite(*self.pending, self.ckpt) or self.signum
+
     def _log(self, step: int, scalars: dict) -> None:
-        check_finite(*self.pending, self.ckpt)
+        self._check()
         self.ckpt.check()
         values = jax.device_get(scalars)
         dt = time.perf_counter() - self.t0
@@ -153,7 +164,7 @@ class Loop:
         self.t0, self.n0 = time.perf_counter(), step
 
     def _validate(self, state: TrainState, step: int, val_batches) -> None:
-        check_finite(*self.pending, self.ckpt)
+        self._check()
         meta, config = self.meta, self.config
         results = evaluate_lib.evaluate(self.steps, state, val_batches(), config)
         self.writer.write(step, evaluate_lib.flat(results, "val"))
@@ -173,19 +184,22 @@ class Loop:
             self.stopped_early = True
 
     def _save(self, state: TrainState, step: int) -> None:
-        check_finite(*self.pending, self.ckpt)
+        self._check()
         if self.best_state is not None:
+            # Written before the checkpoint that names it: a checkpoint's best step is
+            # always in best/ (a crash in between leaves an extra best, dropped on resume).
             self.best_ckpt.save(self.meta["best_step"], self.best_state,
                                 {**self.meta, "step": self.meta["best_step"]})
+            self.best_ckpt.wait()
             self.best_state = None
         self.meta["step"] = self.saved = step
         self.ckpt.save(step, state, self.meta)
         self.last_save = time.monotonic()
 
-    def _stop(self, signum: int, step: int) -> None:
+    def _stop(self, step: int) -> None:
         self._wait()
-        raise signals.Interrupted(signum, stopped_message(
-            signum, step, self.total_steps, f"saved a checkpoint at step {step} in "
+        raise signals.Interrupted(self.signum, stopped_message(
+            self.signum, step, self.total_steps, f"saved a checkpoint at step {step} in "
             f"{self.ckpt.directory}; rerun the same command to resume from it."))
 
     def _wait(self) -> None:
@@ -223,9 +237,20 @@ def checkpoint_due(config, step: int, last_save: float, eval_every: int) -> bool
     return due
 
 
-def check_finite(step: int, scalars: dict, ckpt: checkpointing.Checkpointer) -> None:
-    """Stops the run if step ``step`` produced a non-finite loss or parameters."""
-    loss, l2_params = (float(v) for v in jax.device_get((scalars["loss"], scalars["l2_params"])))
+def agreed_stop(signum: int | None) -> int:
+    """The largest signal number any process passes (0: none), the same on every process;
+    outside the train step's own collectives, one exchange between the processes."""
+    if jax.process_count() == 1:
+        return int(signum or 0)
+    return int(np.max(multihost_utils.process_allgather(np.int32(signum or 0))))
+
+
+def check_finite(step: int, scalars: dict, ckpt: checkpointing.Checkpointer) -> int:
+    """Stops the run if step ``step`` produced a non-finite loss or parameters; else returns
+    the signal that step carried (`Steps.train`; 0: none)."""
+    loss, l2_params, stop = jax.device_get(
+        (scalars["loss"], scalars["l2_params"], scalars["stop"]))
+    loss, l2_params = float(loss), float(l2_params)
     if not (math.isfinite(loss) and math.isfinite(l2_params)):
         ckpt.wait()
         raise errors.NonFiniteError(
@@ -233,3 +258,4 @@ def check_finite(step: int, scalars: dict, ckpt: checkpointing.Checkpointer) -> 
             f"{ckpt.latest_step()} in {ckpt.directory}. Lower config.learning_rate or set "
             "config.clip_norm, then rerun the same command to resume from it."
         )
+    return int(stop)

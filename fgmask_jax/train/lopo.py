@@ -60,6 +60,9 @@ def train_lopo(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> di
         fold_results.append(results)
         arrays.append(predictions)
     pooled = {name: np.concatenate([a[name] for a in arrays]) for name in arrays[0]}
+    if "index" in pooled:  # each image once, by its index (folds of older runs lack it)
+        by_index = np.argsort(pooled["index"], kind="stable")
+        pooled = {name: a[by_index] for name, a in pooled.items()}
     test = _pooled_metrics(config, pooled, fold_results)
     steps = sum(int(r["steps"]) for r in fold_results)
     if jax.process_index() == 0:
@@ -104,8 +107,7 @@ def _pooled_metrics(config, pooled: dict[str, np.ndarray], fold_results: list[di
 def _write(workdir: str, config, pooled: dict, test: dict, fold_results: list[dict],
            steps: int, mesh) -> None:
     """The pooled predictions.npz, results.json, metrics and report.md."""
-    with (epath.Path(workdir) / "predictions.npz").open("wb") as f:
-        np.savez(f, **pooled)
+    writers.write_predictions(os.path.join(workdir, "predictions.npz"), pooled, config.tasks)
     writers.write_json(os.path.join(workdir, "results.json"), {
         "steps": steps, "folds": len(fold_results), "test": test,
         "fold_test": [r["test"] for r in fold_results]})

@@ -31,8 +31,13 @@ def task_losses(logits: dict, batch: dict, label_smoothing: float = 0.0) -> dict
     return out
 
 
-def train_step(state: TrainState, batch: dict, *, model, tx, config) -> tuple[TrainState, dict]:
-    """One optimiser step on a global batch; returns the new state and scalar metrics."""
+def train_step(state: TrainState, batch: dict, stop: jax.Array, *, model, tx, config
+               ) -> tuple[TrainState, dict]:
+    """One optimiser step on a global batch; returns the new state and scalar metrics.
+
+    ``stop``: int32[devices], each process's pending signal (0 for none) on its devices;
+    ``scalars["stop"]`` is their maximum, the same number on every process (`Steps.train`).
+    """
     step_rng = jax.random.fold_in(state.rng, state.step)
     aug_rng, dropout_rng = jax.random.split(step_rng)
     images = pipeline.augment(aug_rng, batch["image"], **config.augment)
@@ -70,13 +75,14 @@ def train_step(state: TrainState, batch: dict, *, model, tx, config) -> tuple[Tr
         "l2_params": optax.tree.norm(params["model"]),
         **{f"loss_{t}": v for t, v in per_task.items()},
         **{f"accuracy_{t}": v for t, v in accuracy.items()},
+        "stop": jnp.max(stop),
     }
     return new_state, scalars
 
 
 def eval_step(state: TrainState, batch: dict, *, model, config) -> dict:
-    """Per-example outputs of a global batch: {pred_t, loss_t, label_t, subject_id (if the
-    batch has it): [B], mask: bool[B]}."""
+    """Per-example outputs of a global batch: {pred_t, logits_t, loss_t, label_t, and the
+    batch's index and subject_id if it has them: [B], mask: bool[B]}."""
     x = pipeline.normalize(batch["image"], runs.compute_dtype(config))
     logits = model.apply(model_variables(state.params, state.batch_stats), x, train=False)
     losses = task_losses(logits, batch)
@@ -84,9 +90,9 @@ def eval_step(state: TrainState, batch: dict, *, model, config) -> dict:
     out.update({f"logits_{t}": z.astype(jnp.float32) for t, z in logits.items()})
     out.update({f"loss_{t}": v for t, v in losses.items()})
     out.update({f"label_{t}": batch[t] for t in logits})
-    if "subject_id" in batch:  # pipeline batches carry it; predictions.npz saves it
-        out["subject_id"] = batch["subject_id"]
-    out["mask"] = batch["mask"]
+    for key in ("index", "subject_id", "mask"):  # pipeline batches carry all three
+        if key in batch:
+            out[key] = batch[key]
     return out
 
 
@@ -97,12 +103,13 @@ class Steps:
         self.mesh = mesh
         self.replicated = NamedSharding(mesh, P())
         self.data = NamedSharding(mesh, P("data"))
-        self.train = jax.jit(
+        self._train = jax.jit(
             functools.partial(train_step, model=model, tx=tx, config=config),
-            in_shardings=(self.replicated, self.data),
+            in_shardings=(self.replicated, self.data, self.data),
             out_shardings=(self.replicated, self.replicated),
             donate_argnums=0,
         )
+        self._flags: dict[int, jax.Array] = {}
         self.eval = jax.jit(
             functools.partial(eval_step, model=model, config=config),
             in_shardings=(self.replicated, self.data),
@@ -117,7 +124,8 @@ class Steps:
             in_shardings=(self.replicated, self.data),
             out_shardings=self.data,
         )
-        # ... and an evaluation batch: index -1 pads the last one (masked out).
+        # ... and an evaluation batch: index -1 pads the last one (masked out). The batch's
+        # "index" is the examples' dataset index, gathered from the data like a label.
         self.gather_eval = jax.jit(
             lambda data, index: {**jax.tree.map(lambda a: a[jnp.maximum(index, 0)], data),
                                  "mask": index >= 0},
@@ -127,6 +135,18 @@ class Steps:
         # A copy of the state in new buffers (the train step donates the state's).
         self.copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree),
                             in_shardings=self.replicated, out_shardings=self.replicated)
+
+    def train(self, state: TrainState, batch: dict, signum: int | None = None
+              ) -> tuple[TrainState, dict]:
+        """`train_step` over the mesh. ``signum``: a signal this process received (None:
+        none). Every process reads the same ``scalars["stop"]``, the largest signal number
+        given to this step by any process, so that all of them stop at the same step: the
+        agreement rides on the step's own collectives, with no extra round trip."""
+        flag = int(signum or 0)
+        if flag not in self._flags:  # one small array per signal, reused every step
+            local = np.full(len(self.mesh.local_devices), flag, np.int32)
+            self._flags[flag] = jax.make_array_from_process_local_data(self.data, local)
+        return self._train(state, batch, self._flags[flag])
 
 
 def check_batch(global_batch: int, mesh: jax.sharding.Mesh) -> None:
