@@ -5,11 +5,12 @@ A checkpoint holds the train state (a pytree of jax.Arrays) and a small JSON
 writes each step into a temporary folder and renames it when complete, so a
 save cut short is never listed; a listed checkpoint whose files were damaged
 afterwards fails to restore, and `restore_latest` then moves it aside (renamed
-``<step>.damaged-<time>``, kept for inspection) and falls back to the one before
-it, with a warning. Saving a step that is already there replaces it (a resumed run
-passes again the steps after the one it resumed from). A background save that fails
-stops the run at the next `save`, `check` or `wait` with a `CheckpointError` naming
-the folder. Every process calls every method (multi-host).
+``<step>.damaged-<time>``, kept for inspection; every process agrees first) and
+falls back to the one before it, with a warning. Saving a step that is already
+there replaces it (a resumed run passes again the steps after the one it resumed
+from). A save that fails (in the background too) stops the run at the next
+`save`, `check` or `wait` with a `CheckpointError` naming the folder, and saying
+so when its disk is full. Every process calls every method (multi-host).
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import os
 import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from flax import serialization, traverse_util
 from jax.experimental import multihost_utils
 
-from fgmask_jax.errors import CheckpointError, ConfigError
+from fgmask_jax.errors import CheckpointError, ConfigError, DiskFullError, disk_full
 
 # Failures of a restore that are the machine's, not the checkpoint's: never set aside.
 _NOT_DAMAGE = (MemoryError, TimeoutError, ConnectionError, PermissionError)
@@ -68,15 +70,18 @@ class Checkpointer:
         """Saves ``state`` and ``meta`` at ``step`` (asynchronously; `wait` to finish),
         replacing a checkpoint of that step if there is one."""
         self.check()
-        if step in self._manager.all_steps():
-            self._manager.delete(step)
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
+        try:
+            if step in self._manager.all_steps():
+                self._manager.delete(step)
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+        except Exception as e:  # noqa: BLE001 - the save before it failed, or this one did
+            raise self._save_failed(e) from e
 
     def restore(self, step: int, abstract_state) -> tuple:
         """(state, meta) at ``step``; ``abstract_state`` gives shapes, dtypes and shardings."""
@@ -119,15 +124,19 @@ class Checkpointer:
                     f"({difference}): rerun with the run's config (its config.json), or "
                     "give a new --workdir")
             try:
-                return self.restore(step, abstract_state)
+                restored, reason = self.restore(step, abstract_state), None
             except _NOT_DAMAGE:
                 raise
             except Exception as e:  # noqa: BLE001 - what is left is the checkpoint's damage
-                reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-                failures.append(f"{path}: {reason}")
-                aside = self._set_aside(step)
-                logging.warning("Checkpoint %s does not restore (%s); moved it to %s and "
-                                "trying the one before.", path, reason, aside)
+                restored, reason = None, f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            # Every process decides alike: set aside if any of them found it damaged.
+            if _restored_everywhere(reason is None):
+                return restored
+            reason = reason or "another process could not restore it"
+            failures.append(f"{path}: {reason}")
+            aside = self._set_aside(step)
+            logging.warning("Checkpoint %s does not restore (%s); moved it to %s and "
+                            "trying the one before.", path, reason, aside)
         if failures:
             raise CheckpointError(
                 "No checkpoint in {} restores:\n  {}\nMove the folder away to start over.".format(
@@ -201,15 +210,29 @@ class Checkpointer:
             raise self._save_failed(e) from e
 
     def _save_failed(self, e: Exception) -> CheckpointError:
+        last = f"step {self.latest_step()}" if self.latest_step() is not None else "none yet"
+        if disk_full(e):
+            return DiskFullError(
+                f"the disk holding {self.directory} is full: a checkpoint could not be "
+                f"written. Free space there, then rerun the same command: it resumes from the "
+                f"last checkpoint written ({last}).")
         return CheckpointError(
             f"saving a checkpoint in {self.directory} failed ({type(e).__name__}: "
             f"{str(e).splitlines()[0][:300]}). Check that the folder is writable and has "
-            "space, then rerun the same command: it resumes from the last checkpoint written."
+            f"space, then rerun the same command: it resumes from the last checkpoint written "
+            f"({last})."
         )
 
     def close(self) -> None:
         self.wait()
         self._manager.close()
+
+
+def _restored_everywhere(restored: bool) -> bool:
+    """Whether every process restored its part (the same answer on every process)."""
+    if jax.process_count() == 1:
+        return restored
+    return bool(multihost_utils.process_allgather(np.int32(restored)).min())
 
 
 def abstract_like(state):

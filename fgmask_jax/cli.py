@@ -22,6 +22,7 @@ that the second run of a config starts its first step without compiling again.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -55,10 +56,15 @@ def use_compilation_cache() -> None:
         jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
 
 
-def fail(prog: str, message: str, code: int) -> None:
-    """Prints ``prog: message`` on stderr and exits with ``code``."""
+def fail(prog: str, message: str, code: int, at_once: bool = False) -> None:
+    """Prints ``prog: message`` on stderr and exits with ``code``; ``at_once`` skips the
+    interpreter's clean-up (for a full disk: the libraries' background writers would only
+    fail again, at length, after the message)."""
     sys.stdout.flush()
     print(f"{prog}: {message}", file=sys.stderr, flush=True)
+    if at_once:
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
 
 
@@ -139,6 +145,15 @@ def cluster_options():
     )
 
 
+def _quiet_closed_loops(unraisable) -> None:
+    """Python's hook for errors nothing can catch, less one: after a failed save (a full
+    disk), Orbax's background threads post results to event loops that have closed, and
+    each would print "Event loop is closed" after the command's own one line."""
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+        sys.__unraisablehook__(unraisable)
+
+
 def run(main: Callable[[list[str]], None], *, prog: str,
         flags_parser: Callable[[list[str]], list[str]] | None = None) -> None:
     """``app.run(main)`` with the exit rules of this module; ``flags_parser`` defaults to
@@ -149,6 +164,7 @@ def run(main: Callable[[list[str]], None], *, prog: str,
         from fgmask_jax.evaluation import writers
 
         writers.quiet_library_logs()
+        sys.unraisablehook = _quiet_closed_loops
         use_compilation_cache()
         signals.terminate_like_interrupt()
         try:
@@ -156,9 +172,15 @@ def run(main: Callable[[list[str]], None], *, prog: str,
         except errors.UserError as e:
             fail(prog, str(e), 2)
         except errors.RunStopped as e:
-            fail(prog, str(e), 1)
+            fail(prog, str(e), 1, at_once=isinstance(e, errors.DiskFullError))
         except signals.Interrupted as e:
             fail(prog, str(e), 128 + e.signum)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            fail(prog, f"the disk is full: no space left to write {e.filename or 'an output'}. "
+                       "Free space there, then rerun the same command: it resumes from the last "
+                       "checkpoint written.", 1, at_once=True)
         except KeyboardInterrupt as e:
             signum = signals.signum_of(e)
             name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"

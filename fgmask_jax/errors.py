@@ -6,8 +6,10 @@ bug and keeps its traceback. The user errors also derive from the built-in error
 they refine (``ValueError``, ``FileNotFoundError``), so library callers may catch
 either.
 
-This module imports nothing: every layer may raise these.
+This module imports nothing of the project: every layer may raise these.
 """
+
+import errno
 
 
 class UserError(Exception):
@@ -42,6 +44,22 @@ class RunStopped(Exception):
 
 class CheckpointError(RunStopped, RuntimeError):
     """Checkpoints that cannot be written or read; the message names the folder."""
+
+
+class DiskFullError(CheckpointError):
+    """A checkpoint could not be written for want of space; nothing more can be written,
+    so the command stops at once after its one line."""
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """Whether ``error`` (or an error it wraps) is "no space left on device"."""
+    for _ in range(10):  # the chain of causes, as far as it is sensible to look
+        if error is None:
+            return False
+        if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class NonFiniteError(RunStopped, FloatingPointError):

@@ -240,3 +240,40 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, error,
         assert result.stderr == f"demo: {message}\n"
     else:
         assert "Traceback" in result.stderr and message in result.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (about six checkpoints of resnet_tiny), unmounted afterwards; skips
+    where this process may not mount one."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()})")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_the_last_checkpoint_resumes(small_data_dir, tmp_path,
+                                                                 small_disk):
+    command = main_command(tmp_path, small_data_dir, "disk/run", "--config.num_train_steps=12",
+                           "--config.checkpoint_every_steps=1", "--config.keep_checkpoints=100",
+                           "--config.eval_every_steps=12")
+    result = run(command, tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr, result.stderr[-5000:]
+    assert last.startswith("fgmask_jax.main: the disk"), last
+    assert "is full" in last and "rerun the same command" in last
+    saved = checkpointing.Checkpointer(str(small_disk / "run" / "checkpoints")).latest_step()
+    assert saved and saved < 12
+
+    # Space freed: the same command resumes from the last checkpoint and finishes.
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    result = run(command, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Resumed from {small_disk / 'run' / 'checkpoints'} at step {saved}" in result.stderr

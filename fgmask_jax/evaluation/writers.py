@@ -13,11 +13,14 @@ from absl import logging
 from etils import epath
 from tensorboardX import SummaryWriter
 
+from fgmask_jax import errors
+
 
 class MetricWriter:
     """Writes scalars to ``workdir/metrics.jsonl`` and ``workdir/tensorboard/``; process 0 only."""
 
     def __init__(self, workdir: str):
+        self.workdir = workdir
         self.active = jax.process_index() == 0
         if self.active:
             epath.Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -39,6 +42,14 @@ class MetricWriter:
         if self.active:
             self._jsonl.close()
             self._tb.close()
+
+    def close_after_failure(self) -> None:
+        """`close`, when the run is failing already: a failure to close (a full disk) is
+        logged, so that it does not hide the run's own error."""
+        try:
+            self.close()
+        except OSError as e:
+            logging.warning("closing the metric files in %s failed too: %s", self.workdir, e)
 
 
 def write_config(workdir: str, config) -> None:
@@ -95,13 +106,22 @@ _NOISY = ("/orbax/", "/tensorflow_datasets/", "/array_record/", "/grain/",
 
 
 def _quiet_libraries(record) -> bool:
-    return (record.levelno > std_logging.INFO or logging.get_verbosity() >= logging.DEBUG
-            or not any(n in record.pathname for n in _NOISY))
+    if logging.get_verbosity() >= logging.DEBUG or not any(n in record.pathname
+                                                           for n in _NOISY):
+        return True
+    if record.levelno <= std_logging.INFO:
+        return False
+    # Orbax's background savers log each failed write of a full disk with its traceback;
+    # the command's own line says it once (errors.DiskFullError).
+    return not ("/orbax/" in record.pathname and (
+        errors.disk_full(record.exc_info[1] if record.exc_info else None)
+        or "No space left" in record.getMessage()))
 
 
 def quiet_library_logs() -> None:
     """Keeps the libraries' INFO chatter (Orbax, TFDS, ArrayRecord, grain, JAX's search for
-    a TPU, matplotlib's font cache) out of the log; ``--verbosity=1`` shows it."""
+    a TPU, matplotlib's font cache) out of the log, and Orbax's tracebacks of a full disk,
+    which the command reports in one line; ``--verbosity=1`` shows them."""
     # On absl's handler: it also prints the records of libraries that use Python's logging.
     if _quiet_libraries not in logging.get_absl_handler().filters:
         logging.get_absl_handler().addFilter(_quiet_libraries)

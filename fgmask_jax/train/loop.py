@@ -109,7 +109,7 @@ class Loop:
                 if self.signum:
                     self._stop(self.reached)
         except KeyboardInterrupt as e:  # a second signal: stop now
-            self.writer.close()
+            self.writer.close_after_failure()
             self._wait()
             last = (f"the last checkpoint is step {self.saved}" if self.saved
                     else "no checkpoint was written")
@@ -118,7 +118,7 @@ class Loop:
                 f"{last} in {self.ckpt.directory}; rerun the same command to resume from it."
             )) from e
         except BaseException:
-            self.writer.close()
+            self.writer.close_after_failure()
             raise
         finally:  # an interrupted run still completes the saves it started
             self._wait()
