@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from test_train import final_state
+from test_train import _files, final_state
 
 from fgmask_jax import checkpointing, config_lib, train
 
@@ -149,6 +149,17 @@ def test_sigkill_while_compiling_training_or_saving_loses_nothing(small_data_dir
     _kill_when(command, tmp_path, lambda text: "step 60/150" in text, "trained")
     # Resumed from step 50, saving every 5 steps: killed while one is written.
     _kill_when([*command, "--config.checkpoint_every_steps=5"], tmp_path, saving, "saved")
+    # A rerun with another model is refused in a line or so and changes nothing.
+    def state():  # the SIGKILLed run's stale run.lock is taken over: not compared
+        return [_files(tmp_path / "run" / name) for name in ("checkpoints", "best")] + [
+            (tmp_path / "run" / "config.json").read_bytes()]
+
+    before = state()
+    refused = run([*command, "--config.model=cnn"], tmp_path)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) <= 3, refused.stderr
+    assert "holds a run with model='resnet_tiny', not 'cnn'" in lines[-1], lines[-1]
+    assert state() == before
     result = run(command, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Resumed from" in result.stderr and "damaged" not in result.stderr
