@@ -20,6 +20,15 @@ endef
 
 .PHONY: demo test lint tfds-test torch-test onnx-test landmarks-test clean
 
+# An install that no longer imports from this checkout (a later `pip install '.[extra]'`
+# without -e copies the package into the environment, and edits here would no longer count)
+# is noticed on every make and replaced by the editable one.
+ifneq ($(wildcard $(PY)),)
+ifneq ($(shell cd / && $(abspath $(PY)) -c 'import fgmask_jax, os; print(os.path.dirname(os.path.dirname(fgmask_jax.__file__)))' 2>/dev/null),$(CURDIR))
+$(shell rm -f $(VENV)/.installed)
+endif
+endif
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), "fgmask_jax needs Python >= 3.12, got " + sys.version'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,14 +36,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP_QUIET) $(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# Builds the synthetic data if missing, trains the multi-task ResNet (runlocal), writes a
-# preview of the data beside the report, and prints the per-task test metrics.
+# Builds the synthetic data if missing, writes a preview of it beside the report, trains
+# the multi-task ResNet (runlocal) and ends with its per-task test metrics.
 demo: $(VENV)/.installed
-	$(PY) -m fgmask_jax.main --config=configs/multitask.py:data=synthetic,runlocal \
-		--config.data_dir=$(DATA_DIR) --workdir=$(WORKDIR)
+	$(PY) -m fgmask_jax.build_data --dataset=synthetic_masked_faces --data_dir=$(DATA_DIR)
+	mkdir -p $(WORKDIR)
 	$(PY) -m fgmask_jax.preview --dataset=synthetic_masked_faces --data_dir=$(DATA_DIR) \
 		--out=$(WORKDIR)/preview.png
-	@sed -n '/^## test/,/^!/p' $(WORKDIR)/report.md | grep '^|'
+	$(PY) -m fgmask_jax.main --config=configs/multitask.py:data=synthetic,runlocal \
+		--config.data_dir=$(DATA_DIR) --workdir=$(WORKDIR)
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .

@@ -1,7 +1,7 @@
 """Where a CPU train step's time goes: every conv of a model, forward and backward, JAX
 beside PyTorch.
 
-  pip install '.[bench]'   # torch, for the peer
+  pip install -e '.[bench]'   # torch, for the peer
   python benchmarks/conv_layers.py --model=resnet18 --size=112 --batch=32
 
 Records each conv the model runs (our `models.layers.Conv`, as in the train step: 1x1

@@ -1,6 +1,6 @@
 """Images/s of the Predictor (ours) beside PyTorch eval-mode inference of the same model.
 
-  pip install '.[bench]'   # torch and torchvision, for the peer
+  pip install -e '.[bench]'   # torch and torchvision, for the peer
   python benchmarks/predict.py --models=resnet18,resnet50,resnet152 --size=112 --batch_size=32
 
 JAX runs `predict.Predictor` (the eval forward pass and softmax, jitted, fixed batch) of a
@@ -106,7 +106,7 @@ def main(argv):
             import torchvision  # noqa: F401
         except ImportError:
             print("torch/torchvision not installed: PyTorch columns are n/a "
-                  "(pip install '.[bench]')")
+                  "(pip install -e '.[bench]')")
             peer = False
     n, size = _IMAGES.value, _SIZE.value
     images = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)

@@ -1,6 +1,6 @@
 """Images/s of the multi-task train step, JAX (ours) beside the same model and step in PyTorch.
 
-  pip install '.[bench]'   # torch and torchvision, for the peer
+  pip install -e '.[bench]'   # torch and torchvision, for the peer
   python benchmarks/train_step.py --models=resnet18,resnet50 --sizes=64,112 --batch_sizes=32
 
 Both sides run one optimiser step of a multi-task model (trunk + one linear head per task,

@@ -86,7 +86,18 @@ def parse_flags(argv: list[str], prog: str, usage: Callable[[], str] | None = No
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        fail(prog, f"{str(e).splitlines()[0]} (--help lists the flags)", 2)
+        message = str(e).splitlines()[0]
+        if (name := _required_missing(message)) is not None:
+            message = f"--{name} is required: {flags.FLAGS[name].help}"
+        fail(prog, f"{message} (--help lists the flags)", 2)
+
+
+def _required_missing(message: str) -> str | None:
+    """The flag named by absl's "Flag --NAME must have a value other than None", if so."""
+    marker = " must have a value other than None"
+    if marker not in message or "Flag --" not in message:
+        return None
+    return message.split("Flag --", 1)[1].split(marker, 1)[0]
 
 
 def define_cluster_flags() -> None:

@@ -175,3 +175,22 @@ def test_command_line(tmp_path):
                          capture_output=True, text=True, timeout=300, check=False)
     assert bad.returncode != 0
     assert "unknown dataset 'nope'" in bad.stderr and "synthetic_masked_faces" in bad.stderr
+
+
+def test_a_checkout_finds_its_builders_without_an_editable_install(tmp_path):
+    """From a checkout's root, Python imports the checkout's package ahead of an installed
+    copy; with a copy installed without -e (no mapping to tfds_builder/), the builders must
+    still be found. Emulated: no site-packages .pth files (python -S), the checkout first."""
+    import sysconfig
+
+    repo = Path(__file__).resolve().parents[1]
+    script = (f"import sys; sys.path[:0] = [{str(repo)!r}, "
+              f"{sysconfig.get_paths()['purelib']!r}]\n"
+              "from fgmask_jax.data import build\n"
+              "build.check_name('synthetic_masked_faces/small')\n"
+              "import fgmask_jax.tfds_builder.synthetic_masked_faces."
+              "synthetic_masked_faces_dataset_builder as b; print(b.__file__)")
+    result = subprocess.run([sys.executable, "-S", "-c", script], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().startswith(str(repo / "tfds_builder"))

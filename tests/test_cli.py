@@ -149,6 +149,7 @@ def test_sigkill_while_compiling_training_or_saving_loses_nothing(small_data_dir
     _kill_when(command, tmp_path, lambda text: "step 60/150" in text, "trained")
     # Resumed from step 50, saving every 5 steps: killed while one is written.
     _kill_when([*command, "--config.checkpoint_every_steps=5"], tmp_path, saving, "saved")
+
     # A rerun with another model is refused in a line or so and changes nothing.
     def state():  # the SIGKILLed run's stale run.lock is taken over: not compared
         return [_files(tmp_path / "run" / name) for name in ("checkpoints", "best")] + [
@@ -251,6 +252,16 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, error,
         assert result.stderr == f"demo: {message}\n"
     else:
         assert "Traceback" in result.stderr and message in result.stderr
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("fgmask_jax.export", ["--workdir=runs/x"], "--out is required: "),
+    ("fgmask_jax.build_data", [], "--dataset is required: Dataset to build: one of "),
+])
+def test_a_missing_required_flag_is_one_line_naming_it(tmp_path, command, args, message):
+    result = run([sys.executable, "-m", command, *args], REPO)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"{command}: {message}")
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Masking photos without .pts files: the folder path with landmarks from a function, and
-dlib's detector (``fgmask_jax[landmarks]``) on drawn faces whose true landmarks are known.
+dlib's detector (the ``landmarks`` extra) on drawn faces whose true landmarks are known.
 
 The folder tests run everywhere: their landmarks come from real .pts files, read by the
 function that ``mask_folder`` calls for each photo. The detector tests need dlib and its
@@ -227,7 +227,7 @@ def test_faces_to_mask_are_the_surest_and_the_sure_ones():
 @pytest.mark.skipif(HAVE_DETECTOR, reason="dlib is installed here")
 def test_detect_without_dlib_says_which_extra_to_install(tmp_path):
     images, _ = write_face_folder(tmp_path)
-    with pytest.raises(ImportError, match=r"fgmask_jax\[landmarks\]"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[landmarks\]'"):
         landmarks_lib.detect(np.zeros((64, 64, 3), np.uint8))
     result = subprocess.run(
         [
@@ -244,7 +244,7 @@ def test_detect_without_dlib_says_which_extra_to_install(tmp_path):
         timeout=120,
     )
     assert result.returncode == 1
-    assert "pip install 'fgmask_jax[landmarks]'" in result.stderr
+    assert "pip install -e '.[landmarks]'" in result.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -72,8 +72,8 @@ def _safe_open(path: str):
         from safetensors import safe_open
     except ImportError as e:  # an optional dependency: only this method needs it
         raise ImportError(
-            "reading VGG-Face weights needs the 'safetensors' package: "
-            "pip install safetensors (or the project's [baselines] extra)"
+            "reading VGG-Face weights needs the 'safetensors' package, a dependency of this "
+            "project: reinstall it with pip install -e . (from the repository's root)"
         ) from e
     if not os.path.isfile(path):
         raise FileNotFoundError(

@@ -10,11 +10,14 @@ draws its images and needs nothing. The files are ArrayRecord by default, read w
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import os
 
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
 
 from fgmask_jax import config_lib, errors
@@ -85,13 +88,18 @@ def build(
     root = str(epath.Path(data_dir).expanduser())
     existed = _folders(root)
     tfds.display_progress_bar(False)  # its nested bars flood logs and hide errors
+    # TFDS prints its own lines ("Downloading and preparing dataset Unknown size ..."),
+    # which say less than ours: shown with --verbosity=1 only.
+    quiet = (contextlib.redirect_stdout(io.StringIO()) if logging.get_verbosity() < 1
+             else contextlib.nullcontext())
     try:
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(
-                manual_dir=str(epath.Path(manual_dir).expanduser()) if manual_dir else None
-            ),
-            file_format=file_format,
-        )
+        with quiet:
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(
+                    manual_dir=str(epath.Path(manual_dir).expanduser()) if manual_dir else None
+                ),
+                file_format=file_format,
+            )
     except BaseException:
         _remove_new_empty_folders(root, existed)  # a failed build leaves nothing behind
         raise

@@ -34,16 +34,19 @@ def plot_confusion(cm: np.ndarray, class_names, title: str, path: str) -> None:
 
 
 def format_table(results: dict[str, dict]) -> str:
-    """Markdown table of per-task summaries (see metrics.summarize) of one split."""
+    """Markdown table of per-task summaries (see metrics.summarize) of one split; the loss
+    column only for results that have one (the classical methods' have none)."""
+    with_loss = any("loss" in r for r in results.values())
     lines = [
-        "| task | n | accuracy | majority rate | balanced accuracy | macro-F1 | loss |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| task | n | accuracy | majority rate | balanced accuracy | macro-F1 |"
+        + (" loss |" if with_loss else ""),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|" if with_loss else ""),
     ]
     for task, r in results.items():
-        loss = r.get("loss", float("nan"))
+        loss = (f" {r['loss']:.3f} |" if "loss" in r else " - |") if with_loss else ""
         lines.append(
             f"| {task} | {r['n']} | {r['accuracy']:.1%} | {r['majority_rate']:.1%} | "
-            f"{r['balanced_accuracy']:.1%} | {r['macro_f1']:.3f} | {loss:.3f} |"
+            f"{r['balanced_accuracy']:.1%} | {r['macro_f1']:.3f} |{loss}"
         )
     return "\n".join(lines)
 

@@ -94,8 +94,10 @@ def write_markdown(path: str, rows, floor: dict, setting: dict, runs, notes,
     methods, tasks = _ordered(rows, words)
     titles = {m: setting.get("titles", {}).get(m, words.titles[m]) for m in methods}
     kind, caveat = words.data[setting["data"]]
+    which = ("The eight methods" if len(methods) == 8 else
+             f"{len(methods)} of the eight methods" if len(methods) > 1 else titles[methods[0]])
     lines = [
-        f"# The eight methods on {setting['dataset']}, protocol={setting['protocol']}", "",
+        f"# {which} on {setting['dataset']}, protocol={setting['protocol']}", "",
         f"- data: **{kind}** (`{setting['dataset']}`)" + (f": {caveat}" if caveat else ""),
         f"- protocol: {words.protocols[setting['protocol']]}",
         f"- intervals: 95% percentile intervals from {setting['num_samples']} bootstrap "

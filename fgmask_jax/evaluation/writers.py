@@ -111,6 +111,9 @@ def _quiet_libraries(record) -> bool:
         return True
     if record.levelno <= std_logging.INFO:
         return False
+    if "/tensorflow_datasets/" in record.pathname and record.getMessage().startswith(
+            "Variant folder"):  # a dataset not built yet: the build says so itself
+        return False
     # Orbax's background savers log each failed write of a full disk with its traceback;
     # the command's own line says it once (errors.DiskFullError).
     return not ("/orbax/" in record.pathname and (

