@@ -29,6 +29,9 @@ _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per row (after 2 warm-up 
 _DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
                            "Compute dtype: auto is bfloat16 on accelerators, float32 on CPU.")
 _PEER = flags.DEFINE_bool("peer", True, "Also time PyTorch (needs torch and torchvision).")
+_FREEZE = flags.DEFINE_string("freeze", "", "Trunk parts frozen in a second table of JAX rows "
+                              "(e.g. stem,layer1,layer2: the study's recipe), each beside "
+                              "the same step with nothing frozen.")
 
 TASKS = {"age_group": 4, "gender": 2, "expression": 3}
 
@@ -41,9 +44,9 @@ def random_batch(batch: int, size: int) -> dict[str, np.ndarray]:
     return out
 
 
-def time_jax(model: str, size: int, batch: int) -> float:
+def time_jax(model: str, size: int, batch: int, freeze: str = "") -> float:
     c = config_lib.neural_config(f"model={model},size={size}", tasks=tuple(TASKS))
-    c.batch_size, c.dtype, c.warmup_epochs = batch, _DTYPE.value, 0.0
+    c.batch_size, c.dtype, c.warmup_epochs, c.freeze = batch, _DTYPE.value, 0.0, freeze
     c.augment.update(flip=False, min_scale=1.0, color_jitter=0.0)
     tx, _ = train.make_optimizer(c, steps_per_epoch=100, total_steps=1000)
     steps = train.Steps(runs.make_model(c), tx, c, train.make_mesh())
@@ -130,6 +133,17 @@ def main(argv):
                 peer = time_torch(model, size, batch) if _PEER.value else float("nan")
                 print(f"{model:<10} {size:>5} {batch:>6} {ours:>10.1f} {peer:>12.1f} "
                       f"{ours / peer:>6.2f}", flush=True)
+    if _FREEZE.value:
+        print(f"\nJAX with {_FREEZE.value} frozen (ratio: over nothing frozen, same run)")
+        print(f"{'model':<10} {'size':>5} {'batch':>6} {'frozen':>10} {'not frozen':>12} "
+              f"{'ratio':>6}")
+        for model in _MODELS.value:
+            for size in map(int, _SIZES.value):
+                for batch in map(int, _BATCHES.value):
+                    free = time_jax(model, size, batch)
+                    frozen = time_jax(model, size, batch, _FREEZE.value)
+                    print(f"{model:<10} {size:>5} {batch:>6} {frozen:>10.1f} {free:>12.1f} "
+                          f"{frozen / free:>6.2f}", flush=True)
 
 
 if __name__ == "__main__":

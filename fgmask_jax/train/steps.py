@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 from fgmask_jax import errors, runs
 from fgmask_jax.data import pipeline
+from fgmask_jax.train import optim
 from fgmask_jax.train.state import TrainState, init_state, model_variables
 
 
@@ -66,12 +67,16 @@ def train_step(state: TrainState, batch: dict, stop: jax.Array, *, model, tx, co
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # The norm of what is trained: frozen parts' gradients, which the optimizer discards,
+    # are then used by nothing, and XLA drops their whole backward pass.
+    trained = jax.tree.map(lambda g, label: jnp.zeros((), g.dtype) if label == "frozen" else g,
+                           grads, optim.param_labels(state.params, config))
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
     )
     scalars = {
         "loss": loss,
-        "l2_grads": optax.tree.norm(grads["model"]),
+        "l2_grads": optax.tree.norm(trained["model"]),
         "l2_params": optax.tree.norm(params["model"]),
         **{f"loss_{t}": v for t, v in per_task.items()},
         **{f"accuracy_{t}": v for t, v in accuracy.items()},
