@@ -170,6 +170,9 @@ def _training_fields(c: ml_collections.ConfigDict, v: ml_collections.ConfigDict)
     c.checkpoint_every_steps = 0
     c.checkpoint_every_secs = 120.0
     c.keep_checkpoints = 3
+    # (first, last): a jax.profiler trace of steps first..last in WORKDIR/profile (TensorBoard's
+    # profile plugin or Perfetto read it); () traces nothing.
+    c.profile_steps = ()
     c.saliency_images = 256  # test images whose Grad-CAM maps go in the report; 0: none
     c.early_stopping_metric = "loss"  # on the validation subset: loss | accuracy
     c.early_stopping_patience = 10  # evaluations without improvement; 0 disables
@@ -312,6 +315,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.freeze={config.freeze!r}: {e}") from None
     if (config.get("workers") or 0) < 0:
         raise ConfigError(f"config.workers={config.workers} must be >= 0 (or None: auto)")
+    profile = tuple(config.get("profile_steps") or ())
+    if profile and not (len(profile) == 2 and all(isinstance(s, int) for s in profile)
+                        and 1 <= profile[0] <= profile[1]):
+        raise ConfigError(f"config.profile_steps={profile!r}: give (first, last), two steps "
+                          "with 1 <= first <= last, e.g. --config.profile_steps='(20,25)'")
     for key in ("batch_size", "image_size", "log_every_steps"):
         if config.get(key, 1) < 1:
             raise ConfigError(f"config.{key}={config.get(key)} must be at least 1")

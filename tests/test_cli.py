@@ -184,6 +184,8 @@ def test_sigkill_while_compiling_training_or_saving_loses_nothing(small_data_dir
      "config variant protocol='photos' is not one of: study, subject, photo, lopo"),
     (["--config=configs/multitask.py", "--config.init_from=runs/nope", "--workdir=x"],
      "config.init_from='runs/nope': no such folder"),
+    (["--config=configs/multitask.py", "--config.profile_steps=(5,2)", "--workdir=x"],
+     "config.profile_steps=(5, 2): give (first, last), two steps with 1 <= first <= last"),
     (["--workdir=x"], "--config is required"),
     (["--config=configs/multitask.py"], "--workdir is required"),
 ])

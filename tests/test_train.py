@@ -45,10 +45,13 @@ def final_state(workdir):
 
 
 def test_train_and_evaluate_writes_metrics_checkpoints_and_report(small_data_dir, tmp_path):
-    results = train.train_and_evaluate(tiny_config(small_data_dir, saliency_images=256),
-                                       str(tmp_path))
+    results = train.train_and_evaluate(
+        tiny_config(small_data_dir, saliency_images=256, profile_steps=(2, 3)), str(tmp_path))
 
     assert results["steps"] == 6
+    # The profiler's trace of steps 2..3, for TensorBoard's profile plugin or Perfetto.
+    traces = [n for _, _, names in os.walk(tmp_path / "profile") for n in names]
+    assert any(n.endswith(".xplane.pb") for n in traces), traces
     test = results["test"]
     assert set(test) == set(TASKS)
     assert sum(test["gender"]["confusion"][0]) + sum(test["gender"]["confusion"][1]) == 15

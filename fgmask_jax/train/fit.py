@@ -76,7 +76,8 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
     writer = writers.MetricWriter(workdir)
     loop = Loop(steps, config, ckpt=ckpt, best_ckpt=best_ckpt, writer=writer,
                 schedule=schedule, total_steps=total_steps,
-                eval_every=config.eval_every_steps or steps_per_epoch, began=began)
+                eval_every=config.eval_every_steps or steps_per_epoch, began=began,
+                profile_dir=os.path.join(workdir, "profile"))
     trained = loop.run(state, meta, train_source, fit, val)
     # The test split is read once, by the best model on the validation subset.
     state, tested_step = runs.restore_best(trained.state, trained.meta, best_ckpt, ckpt)

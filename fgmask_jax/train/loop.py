@@ -73,7 +73,8 @@ class Loop:
 
     def __init__(self, steps: Steps, config, *, ckpt: checkpointing.Checkpointer,
                  best_ckpt: checkpointing.Checkpointer, writer: writers.MetricWriter,
-                 schedule: Callable, total_steps: int, eval_every: int, began: float):
+                 schedule: Callable, total_steps: int, eval_every: int, began: float,
+                 profile_dir: str | None = None):
         self.steps, self.config = steps, config
         self.ckpt, self.best_ckpt, self.writer = ckpt, best_ckpt, writer
         self.schedule, self.total_steps, self.eval_every = schedule, total_steps, eval_every
@@ -83,6 +84,8 @@ class Loop:
         self.last_save = time.monotonic()
         self.first_step_s = self.loop_began = None
         self.pending = None  # (step, metrics) of the step before: checked one step late
+        self.profile_dir = profile_dir
+        self.profiling = False
 
     def run(self, state: TrainState, meta: dict, source, fit, val) -> Trained:
         """Trains from ``state`` (at step ``meta["step"]``) on ``source[fit]``, validating on
@@ -122,10 +125,18 @@ class Loop:
             raise
         finally:  # an interrupted run still completes the saves it started
             self._wait()
+            self._profile_end()
         return Trained(state, self.meta, self._timing(start), val_batches, workers)
 
     def _step(self, state: TrainState, batch, step: int, val_batches) -> TrainState:
+        first, last = tuple(self.config.get("profile_steps") or ()) or (0, 0)
+        if step == first and self.profile_dir:
+            jax.profiler.start_trace(self.profile_dir)
+            self.profiling = True
         state, scalars = self.steps.train(state, batch, self.stop.signum)
+        if step == last:
+            jax.block_until_ready(scalars)
+            self._profile_end()
         self.reached = step
         if self.first_step_s is None:  # data, initialisation and compilation
             jax.block_until_ready(scalars)
@@ -144,6 +155,14 @@ class Loop:
                 or checkpoint_due(self.config, step, self.last_save, self.eval_every)):
             self._save(state, step)
         return state
+
+    def _profile_end(self) -> None:
+        if self.profiling:
+            jax.profiler.stop_trace()
+            self.profiling = False
+            logging.info("profile of steps %s..%s written to %s (tensorboard --logdir=%s, "
+                         "Profile tab; or Perfetto)", *self.config.profile_steps,
+                         self.profile_dir, self.profile_dir)
 
     def _check(self) -> None:
         """Checks the pending step (`check_finite`) and takes in the stop it carries."""
