@@ -70,6 +70,20 @@ def test_resuming_the_iterator_gives_the_same_batches(source):
         np.testing.assert_array_equal(a, b)
 
 
+def test_prefetch_keeps_the_order_and_makes_two_ahead():
+    made = []
+
+    def items():
+        for i in range(5):
+            made.append(i)
+            yield i
+
+    out = pipeline.prefetch(items(), 2)
+    assert next(out) == 0 and made == [0, 1, 2]  # 1 and 2 are on their way
+    assert list(out) == [1, 2, 3, 4] and made == [0, 1, 2, 3, 4]
+    assert list(pipeline.prefetch(iter([]), 2)) == []
+
+
 def test_load_all_keeps_order_and_labels(source):
     indices = np.array([7, 3, 30])
     data = pipeline.load_all(source, indices, 16)

@@ -17,7 +17,9 @@ same for any number of processes, and the batch at step ``t`` depends only on
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -262,6 +264,17 @@ def iterate(
     if workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     return iter(it)
+
+
+def prefetch(items: Iterator, size: int = 2) -> Iterator:
+    """Yields ``items`` in order, keeping ``size`` more already made. For host batches put
+    on the devices (`to_global`), the transfers of the next ``size`` batches are under way
+    while the step before them runs."""
+    ahead = collections.deque(itertools.islice(items, size))
+    while ahead:
+        item = ahead.popleft()
+        ahead.extend(itertools.islice(items, 1))
+        yield item
 
 
 def to_global(batch: dict[str, np.ndarray], sharding: jax.sharding.NamedSharding) -> dict:

@@ -47,7 +47,7 @@ class Trained:
 def inputs(steps: Steps, config, source, fit: np.ndarray, val: np.ndarray, start: int):
     """(training batches from step ``start`` on, a function giving the validation batches,
     decoding workers): on the device when the images fit (`pipeline.placement`), else
-    decoded on the host by grain."""
+    decoded on the host by grain and sent to the devices two batches ahead."""
     on_device, workers, why = pipeline.placement(config, len(fit) + len(val))
     if on_device:  # fit and validation images decoded once, replicated on every device
         logging.info("data on device (%s): decoding %d images once", why, len(fit) + len(val))
@@ -63,7 +63,8 @@ def inputs(steps: Steps, config, source, fit: np.ndarray, val: np.ndarray, start
     logging.info("data on host (%s): grain with %d decoding processes", why, workers)
     host = pipeline.train_batches(source, fit, global_batch=config.batch_size,
                                   image_size=config.image_size, seed=config.seed)
-    batches = (pipeline.to_global(b, steps.data) for b in pipeline.iterate(host, start, workers))
+    batches = pipeline.prefetch(pipeline.to_global(b, steps.data)
+                                for b in pipeline.iterate(host, start, workers))
     return batches, lambda: evaluate_lib.host_eval_batches(steps, source, val, config,
                                                            workers), workers
 
