@@ -162,7 +162,9 @@ def _training_fields(c: ml_collections.ConfigDict, v: ml_collections.ConfigDict)
     c.num_train_steps = 0  # > 0 overrides num_epochs
 
     c.augment = ml_collections.ConfigDict(dict(flip=True, min_scale=0.85, color_jitter=0.2))
-    c.seed = 0
+    c.seed = 0  # initialisation, batch order, augmentation, dropout
+    # Which examples are fit and validation, the lopo folds, the report's bootstrap of persons.
+    c.split_seed = 0
     c.log_every_steps = 20
     c.eval_every_steps = 0  # 0: once per epoch
     # 0: every checkpoint_every_secs of wall time (and at the end, on early stopping and on

@@ -244,6 +244,17 @@ def test_evaluation_outputs_are_assembled_by_dataset_index(small_data_dir):
         outputs(np.concatenate([in_order[:3], in_order[:3]]))
 
 
+@pytest.mark.parametrize("protocol", ["study", "subject", "photo"])
+def test_the_training_seed_keeps_the_split_and_the_split_seed_moves_it(protocol):
+    labels = {"subject_id": np.repeat(np.arange(20), 3), "photo_id": np.arange(60) // 2}
+
+    def validation(**seeds):
+        return train.fit_val_indices(labels, tiny_config("", protocol=protocol, **seeds))[1]
+
+    np.testing.assert_array_equal(validation(seed=5), validation())
+    assert not np.array_equal(validation(split_seed=5), validation())
+
+
 def test_placement_takes_the_config_or_the_free_memory():
     config = tiny_config("", data_on_device=None, workers=None)
     assert config_lib.load("configs/multitask.py").data_on_device is None  # auto by default

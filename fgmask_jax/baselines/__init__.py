@@ -47,7 +47,7 @@ def classical_config(arg: str | None, method: str, size: int,
     c.lopo_folds = 0  # protocol=lopo: folds of persons; 0 = one per person
     c.image_size = v.size
     c.tasks = tuple(labels_lib.TASKS)
-    c.seed = 0
+    c.split_seed = 0  # folds (lopo) and the classifier's cross-validation folds
     c.workers = 0  # grain decoding processes; 0 decodes in the main process
     c.batch_size = 256  # images per jitted feature-extraction call
     c.classifier = "linear"  # linear (logistic regression) | knn

@@ -92,7 +92,7 @@ def fold_features(config, train_x: np.ndarray, test_x: np.ndarray):
 def folds(config, subject_ids: np.ndarray, is_test: np.ndarray):
     """(train, test) index pairs over all loaded examples for config.protocol."""
     if config.protocol == "lopo":
-        return splits.person_folds(subject_ids, config.lopo_folds, config.seed)
+        return splits.person_folds(subject_ids, config.lopo_folds, config.split_seed)
     return [(np.flatnonzero(~is_test), np.flatnonzero(is_test))]
 
 
@@ -151,7 +151,7 @@ def run_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             fitted = classifiers.fit_classifier(
                 config.classifier, train_x, data[task][train_ix], data["subject_id"][train_ix],
                 protocol=config.protocol, grid=tuple(config.grid), num_folds=config.cv_folds,
-                seed=config.seed,
+                seed=config.split_seed,
                 photo_ids=data["photo_id"][train_ix] if "photo_id" in data else None,
             )
             predictions[task][test_ix] = fitted.model.predict(test_x)

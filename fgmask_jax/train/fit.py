@@ -101,12 +101,13 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
 
 def fit_val_indices(labels: dict[str, np.ndarray], config) -> tuple[np.ndarray, np.ndarray]:
     """The training examples carved into fit and validation (by person under subject and
-    lopo): indices into ``labels``' arrays."""
+    lopo) by ``config.split_seed``: indices into ``labels``' arrays."""
+    seed = config.split_seed
     if config.protocol in ("subject", "lopo"):
-        return splits.subject_split(labels["subject_id"], config.seed, config.val_fraction)
+        return splits.subject_split(labels["subject_id"], seed, config.val_fraction)
     if config.protocol == "photo":  # copies of one photo on one side only
-        return splits.photo_split(labels["photo_id"], config.seed, config.val_fraction)
-    return splits.study_split(len(labels["subject_id"]), config.seed, config.val_fraction)
+        return splits.photo_split(labels["photo_id"], seed, config.val_fraction)
+    return splits.study_split(len(labels["subject_id"]), seed, config.val_fraction)
 
 
 def split_train(config, source, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -162,7 +163,7 @@ def test(steps: Steps, state, trained: Trained, config, workdir: str, test_sourc
         groups["mask_kind"] = kinds[tested]
     subgroups = subgroups_lib.subgroup_accuracy(
         by_task(test_out, "label"), by_task(test_out, "pred"), test_out["subject_id"], groups,
-        group_names=dict(labels_lib.TASKS), seed=config.seed)
+        group_names=dict(labels_lib.TASKS), seed=config.split_seed)
     return {"steps": int(trained.meta["step"]), "best_step": trained.meta["best_step"],
             "test": test_metrics, "validation": validation,
             "calibration": calibration_lib.scalars(calibration), "subgroups": subgroups,

@@ -43,7 +43,7 @@ def train_lopo(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> di
     split, _ = pipeline.split_names("lopo")
     source = pipeline.open_split(config.dataset, split, pipeline.data_dir(config))
     subject_ids = pipeline.read_labels(source)["subject_id"]
-    folds = splits.person_folds(subject_ids, config.lopo_folds, config.seed)
+    folds = splits.person_folds(subject_ids, config.lopo_folds, config.split_seed)
     width = len(str(len(folds)))
     fold_results, arrays = [], []
     for k, (train_ix, test_ix) in enumerate(folds, 1):
@@ -54,7 +54,7 @@ def train_lopo(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> di
                               np.sort(subject_ids[test_ix])):
             raise errors.ConfigError(
                 f"{folder} tested other persons than fold {k} of {len(folds)} holds: it was "
-                "run with other folds (config.lopo_folds, config.seed or the data changed). "
+                "run with other folds (config.lopo_folds, config.split_seed or the data changed). "
                 f"Use a new workdir, or delete {workdir}/fold_* to train every fold again."
             )
         fold_results.append(results)

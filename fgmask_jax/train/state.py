@@ -64,7 +64,7 @@ def init_state(model, tx, config, rng: jax.Array) -> TrainState:
 # kept in config_history.jsonl, and config.json keeps describing the checkpoints.
 STATE_FIELDS = ("dataset", "protocol", "val_fraction", "lopo_folds", "image_size", "tasks",
                 "model", "head_hidden", "head_depths", "optimizer", "clip_norm", "freeze",
-                "trunk_lr_multiplier", "batch_size", "seed")
+                "trunk_lr_multiplier", "batch_size", "seed", "split_seed")
 
 
 def record_config(workdir: str, config) -> None:
