@@ -14,11 +14,19 @@ single-task ones). A method whose folder already holds ``results.json`` is not r
 again. Then it writes:
 
 - ``DIR/study.md``: accuracy per method and task with its 95% interval from a
-  bootstrap over persons (`evaluation.bootstrap`), balanced accuracy and macro-F1,
-  and the majority-class rate as the floor;
-- ``DIR/study.csv``: one row per method x task x metric (value, low, high);
+  bootstrap over persons (`evaluation.bootstrap`), the study's comparisons as paired
+  differences on the same persons (multi-task vs single-task, ResNet vs CNN, the best
+  neural vs the best classical method), balanced accuracy and macro-F1, and the
+  majority-class rate as the floor;
+- ``DIR/study.csv``: one row per method x task x metric (value, low, high, seeds, sd);
 - ``DIR/study.png``: accuracies as grouped bars with the intervals as error bars;
 - ``DIR/study.json``: what each run was and how long it took.
+
+``--seeds=N`` trains each neural method N times on the same splits (``config.seed``
+0..N-1; seed s > 0 in ``DIR/<method>[/<task>].seed<s>``): its value is then the mean,
+its interval resamples persons and seeds (a two-level bootstrap), and the table adds
+the seeds' standard deviation. Finished seeds are not run again, so raising N later
+trains only the new ones.
 
 Intervals need each run's per-image predictions (``predictions.npz`` in its folder:
 ``subject_id``, ``label_<task>``, ``pred_<task>``); a run without them gets its
@@ -88,6 +96,10 @@ def define_flags() -> None:
                          "every method (0: 10, or 5 under --runlocal).")
     flags.DEFINE_integer("num_samples", 1000, "Bootstrap samples of persons.")
     flags.DEFINE_integer("seed", 0, "Seed of the bootstrap.")
+    flags.DEFINE_integer("seeds", 1, "Train each neural method this many times on the same "
+                         "splits (config.seed 0..N-1; seed s>0 in <method>.seed<s>): the "
+                         "tables give the mean, intervals over persons and seeds, and the "
+                         "seeds' standard deviation. The classical methods run once.")
 
 
 def main(argv):
@@ -106,7 +118,7 @@ def main(argv):
         pretrained_vgg_face=cli.absolute(f.pretrained_vgg_face),
         data_dir=cli.absolute(f.data_dir), manual_dir=cli.absolute(f.manual_dir),
         neural_overrides=study.parse_overrides(f.neural_override), lopo_folds=f.lopo_folds,
-        num_samples=f.num_samples, seed=f.seed))
+        num_samples=f.num_samples, seed=f.seed, seeds=f.seeds))
 
 
 if __name__ == "__main__":

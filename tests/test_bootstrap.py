@@ -127,3 +127,28 @@ def test_bad_inputs_are_named():
         bootstrap.person_bootstrap([], [], [], 2)
     with pytest.raises(ValueError, match="confidence=1.5"):
         bootstrap.person_bootstrap([0], [0], [0], 2, confidence=1.5)
+
+
+def test_training_seeds_add_their_spread_and_one_seed_changes_nothing():
+    rng = np.random.default_rng(3)
+    y, subject = rng.integers(0, 3, 240), rng.integers(0, 40, 240)
+    one = np.where(rng.random(240) < 0.7, y, (y + 1) % 3)
+    other = np.where(rng.random(240) < 0.6, y, (y + 2) % 3)
+    alone = bootstrap.person_bootstrap(y, one, subject, 3, num_samples=400)
+    assert bootstrap.person_bootstrap(y, one[None], subject, 3, num_samples=400) == alone
+    # Twice the same model: the same numbers, no spread.
+    twice = bootstrap.person_bootstrap(y, np.stack([one, one]), subject, 3, num_samples=400)
+    for m in bootstrap.METRICS:
+        assert twice[m] == {**alone[m], "sd": 0.0}
+    # Two models: their mean, their spread, and an interval around the mean.
+    both = bootstrap.person_bootstrap(y, np.stack([one, other]), subject, 3, num_samples=400)
+    accuracies = [(one == y).mean(), (other == y).mean()]
+    assert both["seeds"] == 2
+    assert both["accuracy"]["value"] == pytest.approx(np.mean(accuracies))
+    assert both["accuracy"]["sd"] == pytest.approx(np.std(accuracies, ddof=1))
+    assert both["accuracy"]["low"] < np.mean(accuracies) < both["accuracy"]["high"]
+    # The paired difference of two sides with seeds: their mean accuracies.
+    d = bootstrap.paired_difference((np.stack([one == y, other == y]), subject),
+                                    (other == y, subject), num_samples=400)
+    assert d["value"] == pytest.approx(np.mean(accuracies) - accuracies[1])
+    assert d["low"] < d["value"] < d["high"]

@@ -20,9 +20,9 @@ TINY = {"image_size": 32, "batch_size": 8, "num_train_steps": 2, "eval_every_ste
 METHODS = ("lbp", "eigenface", "single_task_cnn", "multitask_resnet")
 
 
-def _run(workdir, data_dir, **kwargs):
+def _run(workdir, data_dir, methods=METHODS, **kwargs):
     return study.run_study(str(workdir), data="synthetic", protocol="study", runlocal=True,
-                           methods=METHODS, resnet="resnet_tiny",
+                           methods=methods, resnet="resnet_tiny",
                            dataset="synthetic_masked_faces/small", data_dir=data_dir,
                            neural_overrides=TINY, num_samples=200, **kwargs)
 
@@ -80,6 +80,32 @@ def test_study_runs_writes_table_csv_plot_and_skips_finished_runs(small_data_dir
     assert again["runs"][0]["seconds"] == out["runs"][0]["seconds"]  # kept from study.json
     assert [(r["method"], r["task"], r["metric"], r["value"]) for r in again["rows"]] == \
         [(r["method"], r["task"], r["metric"], r["value"]) for r in out["rows"]]
+    # The best neural method against the best classical one, on the same persons.
+    assert {d["task"] for d in out["paired"]} == set(TASKS)
+    assert all(d["comparison"] == "best neural vs best classical" for d in out["paired"])
+    assert "## Paired comparisons" in report
+
+    # A second training seed: only the new seed trains, on the same splits.
+    two = _run(tmp_path, small_data_dir, seeds=2, methods=("lbp", "multitask_resnet"))
+    status = {r["folder"]: r["status"] for r in two["runs"]}
+    assert status == {"lbp": "skipped", "multitask_resnet": "skipped",
+                      "multitask_resnet.seed1": "ran"}
+    import json
+
+    seeds = [json.loads((tmp_path / f / "config.json").read_text())["seed"]
+             for f in ("multitask_resnet", "multitask_resnet.seed1")]
+    assert seeds == [0, 1]
+    accuracy = {(r["method"], r["task"]): r for r in two["rows"] if r["metric"] == "accuracy"}
+    for task in TASKS:
+        both = [json.loads((tmp_path / f / "results.json").read_text())["test"][task]
+                for f in ("multitask_resnet", "multitask_resnet.seed1")]
+        r = accuracy["multitask_resnet", task]
+        assert r["seeds"] == 2
+        assert r["value"] == pytest.approx(np.mean([b["accuracy"] for b in both]))
+        assert r["sd"] == pytest.approx(np.std([b["accuracy"] for b in both], ddof=1))
+        assert accuracy["lbp", task]["seeds"] == 1  # deterministic given the split: once
+    report = (tmp_path / "study.md").read_text()
+    assert "training seeds: each neural method trained 2 times" in report and " ± " in report
 
 
 def test_lopo_runs_every_method_over_every_image_with_the_same_folds(small_data_dir, tmp_path):

@@ -6,6 +6,13 @@ photo under other masks), so an interval from resampling images is too narrow.
 comes along, and a person drawn twice counts twice. `paired_difference` does the
 same for the difference of two accuracies on the same (or overlapping) persons.
 
+Several training seeds (the same test images predicted by K models that differ only in
+``config.seed``) add the variance of training: each bootstrap sample then also draws K
+seeds with replacement, and its value is the mean over the drawn seeds of their metric
+on the drawn persons (a two-level bootstrap: persons, then training runs). The point
+value is the mean over the seeds, and ``sd`` their spread. With one seed every number is
+exactly the one-level bootstrap's.
+
 Vectorised: one confusion matrix per person, int64[P, C, C]; a bootstrap sample is
 a vector of draw counts per person, int64[P] (multinomial, summing to P), and the
 sample's confusion matrix is ``counts @ per_person`` -> int64[S, C, C] for S samples
@@ -83,14 +90,17 @@ def person_bootstrap(y_true: np.ndarray, y_pred: np.ndarray, subject_ids: np.nda
 
     Each of ``num_samples`` bootstrap samples draws P persons with replacement from
     the P persons in ``subject_ids`` and pools all their images (twice for a person
-    drawn twice). The interval is the ``(1 - confidence) / 2`` and ``(1 + confidence)
-    / 2`` percentiles of the samples' values; the point value is that of all images
-    (as `metrics.summarize` computes it), not the samples' mean. Percentile intervals
-    are not forced to contain the point value (for a strongly skewed statistic on
-    very few persons they may not), and none is widened or shifted here.
+    drawn twice); with K training seeds it also draws K of them with replacement and
+    averages their values. The interval is the ``(1 - confidence) / 2`` and
+    ``(1 + confidence) / 2`` percentiles of the samples' values; the point value is that
+    of all images (as `metrics.summarize` computes it; with seeds, the mean over them),
+    not the samples' mean. Percentile intervals are not forced to contain the point
+    value (for a strongly skewed statistic on very few persons they may not), and none
+    is widened or shifted here.
 
     Args:
-      y_true, y_pred: int[N] labels and predictions in [0, num_classes).
+      y_true: int[N] labels in [0, num_classes).
+      y_pred: int[N] predictions, or int[K, N]: those of K training seeds.
       subject_ids: int[N], the person of each image.
       num_classes: C.
       num_samples: bootstrap samples S.
@@ -98,8 +108,9 @@ def person_bootstrap(y_true: np.ndarray, y_pred: np.ndarray, subject_ids: np.nda
       confidence: in (0, 1).
 
     Returns:
-      {metric: {"value", "low", "high"}} for metric in METRICS, plus "n" (images),
-      "persons" (P), "num_samples", "confidence" and "majority_rate".
+      {metric: {"value", "low", "high", "sd"}} for metric in METRICS (sd: the standard
+      deviation over the seeds' values, 0 for one seed), plus "n" (images), "persons" (P),
+      "seeds" (K), "num_samples", "confidence" and "majority_rate".
 
     Raises:
       ValueError: no images, mismatched shapes, labels out of range, or a bad
@@ -109,22 +120,33 @@ def person_bootstrap(y_true: np.ndarray, y_pred: np.ndarray, subject_ids: np.nda
         raise ValueError(f"confidence={confidence} must lie strictly between 0 and 1")
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be at least 1")
-    persons, cms = per_person_confusions(y_true, y_pred, subject_ids, num_classes)
+    y_true = np.asarray(y_true, np.int64)
+    by_seed = np.atleast_2d(np.asarray(y_pred, np.int64))  # int64[K, N]
+    confusions = [per_person_confusions(y_true, p, subject_ids, num_classes) for p in by_seed]
+    persons = confusions[0][0]
     if not len(persons):
         raise ValueError("no images: a bootstrap needs at least one prediction")
-    summary = metrics_lib.summarize(np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64),
-                                    num_classes)
-    p = len(persons)
+    summaries = [metrics_lib.summarize(y_true, p, num_classes) for p in by_seed]
+    p, k = len(persons), len(by_seed)
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(p, np.full(p, 1.0 / p), size=num_samples)  # int64[S, P]
-    sampled = counts @ cms.reshape(p, -1)  # int64[S, C*C]
-    values = metrics_from_confusions(sampled.reshape(num_samples, num_classes, num_classes))
+    values = {m: np.empty((k, num_samples)) for m in METRICS}
+    for i, (_, cms) in enumerate(confusions):
+        sampled = counts @ cms.reshape(p, -1)  # int64[S, C*C]
+        for m, v in metrics_from_confusions(
+                sampled.reshape(num_samples, num_classes, num_classes)).items():
+            values[m][i] = v
+    # Drawn after the persons, so that one seed reproduces the one-level bootstrap.
+    drawn = rng.integers(0, k, (num_samples, k)) if k > 1 else np.zeros((num_samples, 1), int)
     tails = 100 * np.array([(1 - confidence) / 2, (1 + confidence) / 2])
-    out = {"n": summary["n"], "persons": p, "num_samples": num_samples,
-           "confidence": confidence, "majority_rate": summary["majority_rate"]}
+    out = {"n": summaries[0]["n"], "persons": p, "seeds": k, "num_samples": num_samples,
+           "confidence": confidence, "majority_rate": summaries[0]["majority_rate"]}
     for metric in METRICS:
-        low, high = np.nanpercentile(values[metric], tails)
-        out[metric] = {"value": summary[metric], "low": float(low), "high": float(high)}
+        per_seed = np.array([s[metric] for s in summaries])
+        samples = values[metric][drawn, np.arange(num_samples)[:, None]].mean(1)
+        low, high = np.nanpercentile(samples, tails)
+        out[metric] = {"value": float(per_seed.mean()), "low": float(low), "high": float(high),
+                       "sd": float(per_seed.std(ddof=1)) if k > 1 else 0.0}
     return out
 
 
@@ -132,34 +154,44 @@ def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.
                       num_samples: int = 1000, seed: int = 0,
                       confidence: float = 0.95) -> dict:
     """Accuracy of ``a`` minus that of ``b``, with a percentile interval from a bootstrap
-    over the persons of both.
+    over the persons of both (and over the training seeds of each side, if several).
 
-    ``a``, ``b``: (correct bool[N], subject_ids int[N]) of two sets of predictions, on the
-    same persons or on overlapping ones. Each sample draws persons with replacement from
-    the union of the two sets' persons and counts a drawn person's images in both sets
-    (in neither where the person is absent), so a person who is in both varies both
-    accuracies together: on the same persons this is the paired bootstrap of the
-    difference, and it is never narrower than the differences' spread allows.
+    ``a``, ``b``: (correct bool[N] or bool[K, N] for K training seeds, subject_ids int[N])
+    of two sets of predictions, on the same persons or on overlapping ones. Each sample
+    draws persons with replacement from the union of the two sets' persons and counts a
+    drawn person's images in both sets (in neither where the person is absent), so a
+    person who is in both varies both accuracies together: on the same persons this is
+    the paired bootstrap of the difference, and it is never narrower than the
+    differences' spread allows. With seeds, each sample also draws each side's seeds with
+    replacement and compares their mean accuracies.
 
     Returns:
-      {"value", "low", "high"} (fractions; value = accuracy(a) - accuracy(b)).
+      {"value", "low", "high"} (fractions; value = mean accuracy(a) - mean accuracy(b)).
     """
-    (ca, sa), (cb, sb) = ((np.asarray(c, bool), np.asarray(s)) for c, s in (a, b))
-    if not len(ca) or not len(cb):
+    (ca, sa), (cb, sb) = ((np.atleast_2d(np.asarray(c, bool)), np.asarray(s)) for c, s in (a, b))
+    if not ca.shape[1] or not cb.shape[1]:
         raise ValueError("a difference of accuracies needs predictions on both sides")
     persons = np.union1d(sa, sb)
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(len(persons), np.full(len(persons), 1.0 / len(persons)),
                              size=num_samples).T  # int64[P, S]
 
-    def sampled(correct, subject):
+    def sampled(correct, subject):  # float[K, S]
         ix = np.searchsorted(persons, subject)
-        right = np.bincount(ix, correct, minlength=len(persons))
+        right = np.stack([np.bincount(ix, c, minlength=len(persons)) for c in correct])
         total = np.bincount(ix, minlength=len(persons))
         with np.errstate(invalid="ignore", divide="ignore"):
             return (right @ counts) / (total @ counts)  # nan: no image of this side drawn
 
-    diffs = sampled(ca, sa) - sampled(cb, sb)
+    def seed_mean(values):  # float[S]: each sample's mean over K seeds drawn again
+        k = len(values)
+        if k == 1:
+            return values[0]
+        drawn = rng.integers(0, k, (num_samples, k))
+        return values[drawn, np.arange(num_samples)[:, None]].mean(1)
+
+    diffs = seed_mean(sampled(ca, sa)) - seed_mean(sampled(cb, sb))
     tails = 100 * np.array([(1 - confidence) / 2, (1 + confidence) / 2])
     low, high = np.nanpercentile(diffs, tails)
-    return {"value": float(ca.mean() - cb.mean()), "low": float(low), "high": float(high)}
+    return {"value": float(ca.mean(1).mean() - cb.mean(1).mean()), "low": float(low),
+            "high": float(high)}

@@ -65,32 +65,62 @@ def _ordered(rows, words: Wording) -> tuple[list[str], list[str]]:
 def _cell(rows, method, task, metric, fmt) -> str:
     found = next((r for r in rows if (r["method"], r["task"], r["metric"])
                   == (method, task, metric)), None)
+    if found is not None and found.get("seeds", 1) > 1 and not math.isnan(found["sd"]):
+        return f"{_interval(found, fmt)} ± {fmt(found['sd'])}"
     return _interval(found, fmt)
+
+
+def _paired_section(paired, titles: dict[str, str]) -> list[str]:
+    """study.md's paired comparisons: accuracy differences on the same test persons."""
+    if not paired:
+        return []
+    excluding = sum(not d["low"] <= 0 <= d["high"] for d in paired)
+    lines = ["", "## Paired comparisons: accuracy difference (points) [95% interval]", "",
+             "On the same test persons (and training seeds): each interval comes from "
+             "resampling persons once for both methods, so what the two share cancels. "
+             f"{excluding} of these {len(paired)} intervals exclude 0; with 95% intervals, "
+             f"about {len(paired) / 20:.1f} would by chance alone if no method differed, so "
+             "read a single one that barely excludes 0 with care.", "",
+             "| comparison | task | methods | difference | excludes 0 |",
+             "|---|---|---|---:|---|"]
+    for d in paired:
+        lines.append(f"| {d['comparison']} | {d['task']} | {titles.get(d['method'], d['method'])}"
+                     f" − {titles.get(d['versus'], d['versus'])} | "
+                     f"{_sign(d['value'])} [{_sign(d['low'])}, {_sign(d['high'])}] | "
+                     f"{'yes' if not d['low'] <= 0 <= d['high'] else 'no'} |")
+    return lines
 
 
 # --- the study ------------------------------------------------------------------------
 
 
 def write_csv(path: str, rows, floor: dict) -> None:
-    """One row per method x task x metric: value, low, high (blank: no interval), n, persons.
+    """One row per method x task x metric: value (the mean over training seeds), low, high
+    (blank: no interval), n, persons, seeds, sd (the seeds' standard deviation; blank for
+    one seed).
 
     The majority-class rate is the rows of method ``majority_class`` (accuracy only).
     """
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "task", "metric", "value", "low", "high", "n", "persons"])
+        w.writerow(["method", "task", "metric", "value", "low", "high", "n", "persons",
+                    "seeds", "sd"])
         for r in rows:
             interval = ["", ""] if math.isnan(r["low"]) else [f"{r['low']:.6f}",
                                                                f"{r['high']:.6f}"]
+            seeds = r.get("seeds", 1)
             w.writerow([r["method"], r["task"], r["metric"], f"{r['value']:.6f}", *interval,
-                        r["n"], "" if r["persons"] is None else r["persons"]])
+                        r["n"], "" if r["persons"] is None else r["persons"], seeds,
+                        _num(r["sd"]) if seeds > 1 else ""])
         for task, rate in floor.items():
-            w.writerow(["majority_class", task, "accuracy", f"{rate:.6f}", "", "", "", ""])
+            w.writerow(["majority_class", task, "accuracy", f"{rate:.6f}", "", "", "", "", "",
+                        ""])
 
 
 def write_markdown(path: str, rows, floor: dict, setting: dict, runs, notes,
-                   words: Wording) -> None:
-    """study.md: the accuracy table with intervals, the other metrics, what ran, notes."""
+                   words: Wording, paired=()) -> None:
+    """study.md: the accuracy table with intervals, the paired comparisons, the other
+    metrics, what ran, notes."""
     methods, tasks = _ordered(rows, words)
     titles = {m: setting.get("titles", {}).get(m, words.titles[m]) for m in methods}
     kind, caveat = words.data[setting["data"]]
@@ -103,6 +133,13 @@ def write_markdown(path: str, rows, floor: dict, setting: dict, runs, notes,
         f"- intervals: 95% percentile intervals from {setting['num_samples']} bootstrap "
         "samples of persons (all images of a drawn person, twice if drawn twice)",
     ]
+    if setting.get("seeds", 1) > 1:
+        lines.append(
+            f"- training seeds: each neural method trained {setting['seeds']} times on the "
+            "same splits (config.seed 0.."
+            f"{setting['seeds'] - 1}); its value is their mean, its interval also resamples "
+            "the seeds (a two-level bootstrap), and ± is their standard deviation. The "
+            "classical methods are deterministic given the split and ran once")
     if setting["runlocal"]:
         lines.append("- runlocal: every config ran its runlocal variant (a shrunk run for a "
                      "laptop CPU; each run's size is under 'What ran')")
@@ -115,6 +152,7 @@ def write_markdown(path: str, rows, floor: dict, setting: dict, runs, notes,
                      + " | ".join(_cell(rows, m, t, "accuracy", _pct) for t in tasks) + " |")
     lines.append("| *majority class (floor)* | "
                  + " | ".join(_pct(floor[t]) for t in tasks) + " |")
+    lines += _paired_section(paired, titles)
     lines += ["", "## Balanced accuracy (%) and macro-F1 [95% intervals]", "",
               "| method | " + " | ".join(f"{t} bal. acc. | {t} macro-F1" for t in tasks) + " |",
               "|---|" + "---:|---:|" * len(tasks)]

@@ -28,14 +28,6 @@ from fgmask_jax.experiments import study
 RUNLOCAL_METHODS = ("lbp", "tiny_image", "eigenface", "multitask_cnn", "multitask_resnet")
 
 
-def correct_of(folder: str, task: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(correct bool[N], subject_ids int[N]) of a run's test predictions, or None."""
-    p = study.load_predictions(folder, (task,))
-    if p is None:
-        return None
-    return p[f"label_{task}"] == p[f"pred_{task}"], p["subject_id"]
-
-
 def leaked_copies(dataset: str, data_dir: str) -> dict | None:
     """How many test images of the study split have another copy of their photo in its
     training split: {"test_images", "with_copy_in_train", "test_photos"}, or None when
@@ -117,7 +109,8 @@ def run_comparison(workdir: str, protocols, *, data: str = "synthetic_paired",
                                          num_samples=num_samples, seed=seed, **study_kwargs)
             seconds[p] = round(time.perf_counter() - t0, 1)
         rows = accuracy_rows(studies)
-        runs = study.plan(data, "study", runlocal=runlocal, methods=methods)
+        runs = study.plan(data, "study", runlocal=runlocal, methods=methods,
+                          seeds=study_kwargs.get("seeds", 1))
         inflation = inflation_rows(workdir, runs, rows, protocols, num_samples=num_samples,
                                    seed=seed)
         dataset, leak = copies_in_study_split(runs, study_kwargs)
@@ -166,15 +159,16 @@ def inflation_rows(workdir: str, runs, rows, protocols, *, num_samples: int,
     """Per method, task and other protocol: accuracy under ``study`` minus that under the
     other one, with a paired interval where both runs kept their predictions (else nan).
     """
-    folders = {(r.method, t): r.folder for r in runs for t in r.tasks}
+    seeds = {(method, t): group for (method, _), group in study.by_method(runs).items()
+             for t in group[0].tasks}
     value = {(r["method"], r["task"], r["protocol"]): r for r in rows}
     inflation = []
-    for (method, task), folder in folders.items():
+    for (method, task), group in seeds.items():
         if (method, task, "study") not in value:
             continue
-        ours = correct_of(os.path.join(workdir, "study", folder), task)
+        ours = study.correct_by_seed(os.path.join(workdir, "study"), group, task)
         for p in (p for p in protocols if p != "study"):
-            theirs = correct_of(os.path.join(workdir, p, folder), task)
+            theirs = study.correct_by_seed(os.path.join(workdir, p), group, task)
             point = value[method, task, "study"]["value"] - value[method, task, p]["value"]
             d = (bootstrap.paired_difference(ours, theirs, num_samples=num_samples, seed=seed)
                  if ours is not None and theirs is not None

@@ -25,6 +25,7 @@ from absl import logging
 from fgmask_jax import config_lib, errors, workdir_lock
 from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.evaluation import bootstrap, tables
+from fgmask_jax.evaluation import metrics as metrics_lib
 from fgmask_jax.experiments import method as method_lib
 from fgmask_jax.experiments.method import is_neural
 
@@ -76,10 +77,12 @@ class Run:
     task: str | None  # None: every task in one run
     spec: str  # configs/<file>.py:<variants>, as --config= takes it
     overrides: tuple[tuple[str, object], ...] = ()  # the study's shortening (runlocal)
+    seed: int = 0  # config.seed of a neural run: another model on the same splits
 
     @property
     def folder(self) -> str:
-        return os.path.join(self.method, self.task) if self.task else self.method
+        base = os.path.join(self.method, self.task) if self.task else self.method
+        return f"{base}.seed{self.seed}" if self.seed else base
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -107,8 +110,11 @@ def _check_plan(data: str, protocol: str, methods) -> None:
 
 def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
          resnet: str = "", pretrained_resnet: str = "",
-         pretrained_vgg_face: str = "") -> list[Run]:
-    """The runs of the study.
+         pretrained_vgg_face: str = "", seeds: int = 1) -> list[Run]:
+    """The runs of the study: each neural run once per training seed 0..``seeds``-1
+    (seed 0 in ``<method>[/<task>]``, seed s in ``<method>[/<task>].seed<s>``: the same
+    splits, another initialisation and batch order); the classical methods, deterministic
+    given the split, once.
 
     Args:
       data: fgnet_mask | synthetic | synthetic_paired | fgnet_paired.
@@ -122,12 +128,15 @@ def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
         ResNet methods fine-tune from, as the study did; "" -> trained from scratch.
       pretrained_vgg_face: a local VGG-Face .safetensors file: VGG-Face is then the
         classical fc7-features method, as in the study; "" -> VGG-16 trained end to end.
+      seeds: training seeds of each neural run (at least 1).
 
     Raises:
       errors.ConfigError: an unknown data, protocol, method or model (the message lists
-        the valid).
+        the valid), or fewer than one seed.
     """
     _check_plan(data, protocol, methods)
+    if seeds < 1:
+        raise errors.ConfigError(f"seeds={seeds}: train each neural method at least once")
     resnet = resnet or ("resnet18" if runlocal else "resnet152")
     if resnet not in config_lib.MODELS:
         raise errors.ConfigError(
@@ -148,18 +157,28 @@ def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
                 runs.append(Run(method, None, cfg("vgg_face", f"weights={pretrained_vgg_face}")))
             else:
                 # model=vgg16 spelled out, so that no runlocal default can swap the model.
-                runs.append(Run(method, None, cfg("vgg_face", "model=vgg16"),
-                                tuple(RUNLOCAL_VGG.items()) if runlocal else ()))
+                runs += [Run(method, None, cfg("vgg_face", "model=vgg16"),
+                             tuple(RUNLOCAL_VGG.items()) if runlocal else (), s)
+                         for s in range(seeds)]
         else:
             kind, model = method.rsplit("_", 1)
             model = f"{resnet},pretrained={pretrained_resnet}" if model == "resnet" and \
                 pretrained_resnet else (resnet if model == "resnet" else "cnn")
             if kind == "single_task":
                 runs += [Run(method, t, cfg("single_task", f"task={t},model={model}"),
-                             neural_short) for t in TASKS]
+                             neural_short, s) for t in TASKS for s in range(seeds)]
             else:
-                runs.append(Run(method, None, cfg("multitask", f"model={model}"), neural_short))
+                runs += [Run(method, None, cfg("multitask", f"model={model}"), neural_short, s)
+                         for s in range(seeds)]
     return runs
+
+
+def by_method(runs) -> dict[tuple[str, str | None], list[Run]]:
+    """The runs of each (method, task) pair: one per training seed, in seed order."""
+    groups: dict[tuple[str, str | None], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.method, run.task), []).append(run)
+    return groups
 
 
 # --- configs --------------------------------------------------------------------------
@@ -234,6 +253,8 @@ def make_config(run: Run, *, dataset: str = "", data_dir: str = "", manual_dir: 
             "runlocal" if config.runlocal else "", tasks=TASKS).lopo_folds
     if is_neural(config) and neural_overrides:
         apply_overrides(config, neural_overrides)
+    if run.seed:  # the run's training seed, counted from the config's (0 unless overridden)
+        config.seed += run.seed
     if dataset:
         config.dataset = dataset
     if data_dir:
@@ -289,46 +310,137 @@ def load_predictions(folder: str, tasks) -> dict[str, np.ndarray] | None:
     return arrays
 
 
-def summarize_run(folder: str, tasks, *, num_samples: int = 1000, seed: int = 0) -> dict:
-    """{task: {metric: {value, low, high}, n, persons, majority_rate}} and a note.
+def summarize_run(folders: str | list[str], tasks, *, num_samples: int = 1000,
+                  seed: int = 0) -> dict:
+    """{task: {metric: {value, low, high, sd}, n, persons, seeds, majority_rate}} and a
+    note, of one run or of the runs of one method with several training seeds (the same
+    test images).
 
-    Point values come from the per-image predictions when present (and must equal
-    those of ``results.json``), intervals from `bootstrap.person_bootstrap`; without
-    predictions, values come from results.json and low/high are nan.
+    Point values come from the per-image predictions when present (each seed's must equal
+    its ``results.json``; with seeds, their mean), intervals from
+    `bootstrap.person_bootstrap` (persons, and seeds when there are several); without
+    predictions, values are the mean of the results.json files and low/high are nan.
 
     Returns:
       {"tasks": {task: ...}, "intervals": bool, "note": str or None}.
 
     Raises:
-      errors.DataError: predictions.npz and results.json from different runs.
+      errors.DataError: predictions.npz and results.json from different runs, or seeds
+        whose predictions are not of the same images.
     """
-    with open(os.path.join(folder, "results.json")) as f:
-        results = json.load(f)["test"]
-    predictions = load_predictions(folder, tasks)
-    out, note = {}, None
+    folders = [folders] if isinstance(folders, str) else list(folders)
+    results = []
+    for folder in folders:
+        with open(os.path.join(folder, "results.json")) as f:
+            results.append(json.load(f)["test"])
+    predictions = [load_predictions(folder, tasks) for folder in folders]
+    complete = all(p is not None for p in predictions)
+    if complete:
+        _check_same_images(folders, predictions, tasks)
+    out = {}
     for task in tasks:
-        r = results[task]
-        if predictions is None:
-            out[task] = {m: {"value": r[m], "low": math.nan, "high": math.nan}
+        if not complete:
+            out[task] = {m: {"value": float(np.mean([r[task][m] for r in results])),
+                             "low": math.nan, "high": math.nan, "sd": math.nan}
                          for m in bootstrap.METRICS}
-            out[task].update(n=r["n"], persons=None, majority_rate=r["majority_rate"])
+            r = results[0][task]
+            out[task].update(n=r["n"], persons=None, seeds=len(folders),
+                             majority_rate=r["majority_rate"])
             continue
+        num_classes = len(labels_lib.TASKS[task])
+        for folder, p, r in zip(folders, predictions, results, strict=True):
+            mine = metrics_lib.summarize(p[f"label_{task}"], p[f"pred_{task}"], num_classes)
+            for m in bootstrap.METRICS:
+                if not math.isclose(mine[m], r[task][m], abs_tol=1e-9):
+                    raise errors.DataError(
+                        f"{folder}: predictions.npz gives {task} {m} {mine[m]:.6f} but "
+                        f"results.json {r[task][m]:.6f}: the two come from different runs; "
+                        "delete the folder to run the method again")
+        first = predictions[0]
         b = bootstrap.person_bootstrap(
-            predictions[f"label_{task}"], predictions[f"pred_{task}"],
-            predictions["subject_id"], len(labels_lib.TASKS[task]),
-            num_samples=num_samples, seed=seed)
-        for m in bootstrap.METRICS:
-            if not math.isclose(b[m]["value"], r[m], abs_tol=1e-9):
-                raise errors.DataError(
-                    f"{folder}: predictions.npz gives {task} {m} {b[m]['value']:.6f} but "
-                    f"results.json {r[m]:.6f}: the two come from different runs; delete the "
-                    "folder to run the method again")
+            first[f"label_{task}"], np.stack([p[f"pred_{task}"] for p in predictions]),
+            first["subject_id"], num_classes, num_samples=num_samples, seed=seed)
         out[task] = {m: b[m] for m in bootstrap.METRICS}
-        out[task].update(n=b["n"], persons=b["persons"], majority_rate=b["majority_rate"])
-    if predictions is None:
-        note = ("no per-image predictions (predictions.npz) in its folder: no interval; "
-                "values from its results.json")
-    return {"tasks": out, "intervals": predictions is not None, "note": note}
+        out[task].update(n=b["n"], persons=b["persons"], seeds=b["seeds"],
+                         majority_rate=b["majority_rate"])
+    note = None if complete else (
+        "no per-image predictions (predictions.npz) in its folder: no interval; "
+        "values from its results.json")
+    return {"tasks": out, "intervals": complete, "note": note}
+
+
+def _check_same_images(folders, predictions, tasks) -> None:
+    """Raises `errors.DataError` unless every seed's predictions are of the same images."""
+    first = predictions[0]
+    keys = ["subject_id", *(f"label_{t}" for t in tasks)]
+    for folder, p in zip(folders[1:], predictions[1:], strict=True):
+        for key in keys + (["index"] if "index" in first and "index" in p else []):
+            if not np.array_equal(p[key], first[key]):
+                raise errors.DataError(
+                    f"{folder} and {folders[0]} predicted other test images ({key} differs): "
+                    "the seeds of one method must share the split; delete the seed's folder "
+                    "to run it again")
+
+
+def correct_by_seed(workdir: str, runs, task: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(correct bool[K, N], subject_ids int[N]) of the K seeds' runs of one method on
+    ``task``, or None if one lacks its predictions."""
+    folders = [os.path.join(workdir, r.folder) for r in runs]
+    predictions = [load_predictions(f, (task,)) for f in folders]
+    if any(p is None for p in predictions):
+        return None
+    _check_same_images(folders, predictions, (task,))
+    correct = np.stack([p[f"label_{task}"] == p[f"pred_{task}"] for p in predictions])
+    return correct, predictions[0]["subject_id"]
+
+
+# The comparisons the study makes: (method, method it is set against, what it asks).
+COMPARISONS = (
+    ("multitask_cnn", "single_task_cnn", "multi-task vs single-task (CNN)"),
+    ("multitask_resnet", "single_task_resnet", "multi-task vs single-task (ResNet)"),
+    ("multitask_resnet", "multitask_cnn", "ResNet vs CNN (multi-task)"),
+)
+
+
+def paired_rows(workdir: str, runs, rows, *, num_samples: int, seed: int) -> list[dict]:
+    """The study's comparisons (`COMPARISONS`, and per task the best neural method against
+    the best classical one by accuracy): accuracy differences on the same test persons
+    (and seeds), each with its paired interval. Pairs whose runs are missing or kept no
+    predictions are left out."""
+    groups = by_method(runs)
+    accuracy = {(r["method"], r["task"]): r["value"] for r in rows if r["metric"] == "accuracy"}
+    out = []
+    for task in TASKS:
+        pairs = list(COMPARISONS)
+        ran = [m for m in METHODS if (m, task) in accuracy]
+        neural = [m for m in ran if all(map(is_neural_method, _runs_of(groups, m, task)))]
+        classical = [m for m in ran if m not in neural]
+        if neural and classical:
+            best = [max(ms, key=lambda m: accuracy[m, task]) for ms in (neural, classical)]
+            pairs.append((*best, "best neural vs best classical"))
+        for a, b, what in pairs:
+            sides = [_runs_of(groups, m, task) for m in (a, b)]
+            if not all(sides):
+                continue
+            correct = [correct_by_seed(workdir, side, task) for side in sides]
+            if any(c is None for c in correct):
+                continue
+            d = bootstrap.paired_difference(*correct, num_samples=num_samples, seed=seed)
+            out.append({"comparison": what, "task": task, "method": a, "versus": b, **d,
+                        "seeds": [len(s) for s in sides]})
+    return out
+
+
+def _runs_of(groups, method: str, task: str) -> list[Run]:
+    """The seeds' runs that predicted ``task`` for ``method``: its single-task runs of that
+    task, or its multi-task runs."""
+    return groups.get((method, task)) or groups.get((method, None)) or []
+
+
+def is_neural_method(run: Run) -> bool:
+    """Whether a run trains a network (the classical methods and VGG-Face's features do
+    not)."""
+    return run.method not in CLASSICAL and "weights=" not in run.spec
 
 
 # --- the study ------------------------------------------------------------------------
@@ -339,15 +451,17 @@ def run_study(workdir: str, *, data: str = "synthetic", protocol: str = "study",
               pretrained_resnet: str = "", pretrained_vgg_face: str = "",
               dataset: str = "", data_dir: str = "",
               manual_dir: str = "", neural_overrides=None, lopo_folds: int = 0,
-              num_samples: int = 1000, seed: int = 0) -> dict:
+              num_samples: int = 1000, seed: int = 0, seeds: int = 1) -> dict:
     """Runs the missing runs of the study in ``workdir`` and writes study.md/csv/png/json.
 
     Args (see `plan` and `make_config` for the others):
-      workdir: the study's folder; each run in ``workdir/<method>[/<task>]``.
+      workdir: the study's folder; each run in ``workdir/<method>[/<task>][.seed<s>]``.
       num_samples, seed: of the person bootstrap.
+      seeds: training seeds of each neural method (`plan`).
 
     Returns:
-      {"rows": [{method, task, metric, value, low, high, n, persons}], "runs":
+      {"rows": [{method, task, metric, value, low, high, sd, n, persons, seeds}],
+      "paired": [{comparison, task, method, versus, value, low, high, seeds}], "runs":
       [{folder, status ('ran' | 'skipped'), seconds, config, description}],
       "notes": [str], "seconds": wall time of this call}.
 
@@ -364,7 +478,8 @@ def run_study(workdir: str, *, data: str = "synthetic", protocol: str = "study",
                             pretrained_resnet=pretrained_resnet,
                             pretrained_vgg_face=pretrained_vgg_face, dataset=dataset,
                             data_dir=data_dir, manual_dir=manual_dir,
-                            neural_overrides=neural_overrides, lopo_folds=lopo_folds)
+                            neural_overrides=neural_overrides, lopo_folds=lopo_folds,
+                            seeds=seeds)
     build_missing_data(workdir, runs, configs)
     # Held from here: the data is there (data that cannot be built leaves no workdir).
     with workdir_lock.held(workdir):
@@ -376,32 +491,37 @@ def run_study(workdir: str, *, data: str = "synthetic", protocol: str = "study",
             records[run.folder] = run_once(workdir, run, config, previous.get(run.folder, {}))
             writers.write_json(json_path, {"runs": {**previous, **records}})
         rows, floor, notes = summarize_runs(workdir, runs, num_samples=num_samples, seed=seed)
+        paired = paired_rows(workdir, runs, rows, num_samples=num_samples, seed=seed)
         seconds = time.perf_counter() - began
         setting = {"data": data, "dataset": configs[0].dataset if configs else "",
                    "protocol": protocol, "runlocal": runlocal, "num_samples": num_samples,
+                   "seeds": seeds,
                    "changes": changes_made(runs, configs, runlocal, neural_overrides),
                    "titles": titles_of(runs, configs)}
         ran = [records[r.folder] for r in runs]
         tables.write_csv(os.path.join(workdir, "study.csv"), rows, floor)
         tables.write_markdown(os.path.join(workdir, "study.md"), rows, floor, setting, ran,
-                              notes, WORDING)
+                              notes, WORDING, paired)
         tables.write_plot(os.path.join(workdir, "study.png"), rows, floor, setting, WORDING)
         writers.write_json(json_path, {"runs": {**previous, **records}, "setting": setting,
+                                       "paired": paired,
                                        "last_call_seconds": round(seconds, 1)})
-    return {"rows": rows, "runs": ran, "notes": notes, "seconds": seconds}
+    return {"rows": rows, "paired": paired, "runs": ran, "notes": notes, "seconds": seconds}
 
 
 def prepare(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
             resnet: str = "", pretrained_resnet: str = "", pretrained_vgg_face: str = "",
             dataset: str = "", data_dir: str = "", manual_dir: str = "",
-            neural_overrides=None, lopo_folds: int = 0) -> tuple[list[Run], list]:
+            neural_overrides=None, lopo_folds: int = 0,
+            seeds: int = 1) -> tuple[list[Run], list]:
     """(the runs of `plan`, their configs of `make_config`), with every argument checked.
 
     Raises:
       errors.ConfigError: as `plan` and `make_config` raise it.
     """
     runs = plan(data, protocol, runlocal=runlocal, methods=methods, resnet=resnet,
-                pretrained_resnet=pretrained_resnet, pretrained_vgg_face=pretrained_vgg_face)
+                pretrained_resnet=pretrained_resnet, pretrained_vgg_face=pretrained_vgg_face,
+                seeds=seeds)
     configs = [make_config(r, dataset=dataset, data_dir=data_dir, manual_dir=manual_dir,
                            neural_overrides=neural_overrides, lopo_folds=lopo_folds)
                for r in runs]
@@ -452,19 +572,20 @@ def run_once(workdir: str, run: Run, config, previous: dict) -> dict:
 
 
 def summarize_runs(workdir: str, runs, *, num_samples: int, seed: int):
-    """(rows, floor, notes): one row per method x task x metric, the majority-class rate
-    of each task, and a note for each run without intervals."""
+    """(rows, floor, notes): one row per method x task x metric (over the method's training
+    seeds), the majority-class rate of each task, and a note for each run without
+    intervals."""
     rows, floor, notes = [], {}, []
-    for run in runs:
-        s = summarize_run(os.path.join(workdir, run.folder), run.tasks,
+    for (method, task), seeds in by_method(runs).items():
+        s = summarize_run([os.path.join(workdir, r.folder) for r in seeds], seeds[0].tasks,
                           num_samples=num_samples, seed=seed)
         if s["note"]:
-            notes.append(f"{TITLES[run.method]} (`{run.folder}`): {s['note']}")
+            notes.append(f"{TITLES[method]} (`{seeds[0].folder}`): {s['note']}")
         for task, r in s["tasks"].items():
             floor.setdefault(task, r["majority_rate"])
             for m in bootstrap.METRICS:
-                rows.append({"method": run.method, "task": task, "metric": m, **r[m],
-                             "n": r["n"], "persons": r["persons"]})
+                rows.append({"method": method, "task": task, "metric": m, **r[m],
+                             "n": r["n"], "persons": r["persons"], "seeds": r["seeds"]})
     return rows, floor, notes
 
 
