@@ -75,13 +75,16 @@ def parse_flags(argv: list[str], prog: str, usage: Callable[[], str] | None = No
     """absl's flag parsing with help on ``--help`` (exit 0; ``usage()`` or the command's
     docstring and flags) and a bad or missing flag as one line (exit 2)."""
     if any(a in HELP_FLAGS for a in argv[1:]):
-        if usage is not None and "--helpfull" not in argv:
-            print(usage())
-        else:
-            main_module = sys.modules["__main__"]
-            print((main_module.__doc__ or "").strip() + "\n")
-            print(flags.FLAGS.get_help() if "--helpfull" in argv
-                  else flags.FLAGS.main_module_help())
+        try:
+            if usage is not None and "--helpfull" not in argv:
+                print(usage())
+            else:
+                main_module = sys.modules["__main__"]
+                print((main_module.__doc__ or "").strip() + "\n")
+                print(flags.FLAGS.get_help() if "--helpfull" in argv
+                      else flags.FLAGS.main_module_help(), flush=True)
+        except BrokenPipeError:  # `--help | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     try:
         return flags.FLAGS(argv)

@@ -12,10 +12,12 @@ into ``torchvision.models.<model>()`` with its classifier replaced by an identit
 ``pretrained=DIR/<model>_trunk.safetensors``.
 
 ``DIR/model.jaxexport`` is a serialized `jax.export.Exported` of the eval forward
-pass (normalisation, model, softmax) with the best checkpoint's weights as
-constants, for any batch size (a symbolic dimension) and for CPU, CUDA and TPU.
-``DIR/export.json`` holds the task and class names, the image size and the
-preprocessing. Running it needs only ``jax`` and ``numpy``::
+pass (normalisation, model, softmax, and the ``ood_score``) with the best
+checkpoint's weights as constants, for any batch size (a symbolic dimension) and
+for CPU, CUDA and TPU.
+``DIR/export.json`` holds the task and class names, the image size, the
+preprocessing and the ``ood_threshold``. Running it needs only ``jax`` and ``numpy``
+(and Pillow to read photos)::
 
   import json, numpy as np
   from jax import export
@@ -23,18 +25,20 @@ preprocessing. Running it needs only ``jax`` and ``numpy``::
   meta = json.load(open("DIR/export.json"))
   with open(f"DIR/{meta['file']}", "rb") as f:
       model = export.deserialize(bytearray(f.read()))
-  images = np.zeros((5, meta["image_size"], meta["image_size"], 3), np.uint8)  # RGB
-  probs = model.call(images)  # {task: float32[5, classes]}
-  labels = {t: [meta["tasks"][t][i] for i in np.argmax(p, -1)] for t, p in probs.items()}
+  images = np.stack([prepare("photo.jpg", meta["image_size"])])  # uint8[N, S, S, 3] RGB
+  out = model.call(images)  # {task: float32[N, classes], "ood_score": float32[N]}
+  labels = {t: [names[i] for i in np.argmax(out[t], -1)] for t, names in meta["tasks"].items()}
 
-The images must be prepared as in training (``export.json`` says how:
-decode to RGB, crop the centre square, resize). ``Predictor.from_workdir(DIR)``
-does that and runs the artifact.
+The images must be prepared as in training (``export.json`` says how: decode to
+RGB, crop the centre square, resize); ``prepare``, with numpy and Pillow only, is in
+docs/predicting.md ("Serving"), whole and tested. ``ood_score`` above
+``meta["ood_threshold"]``: an input unlike the training images (docs/predicting.md).
+``Predictor.from_workdir(DIR)`` prepares images itself and runs the artifact.
 
-With ``--format=onnx`` (needs ``pip install 'fgmask_jax[onnx]'``: jax2onnx converts
+With ``--format=onnx`` (needs ``pip install -e '.[onnx]'``: jax2onnx converts
 the same eval forward pass), ``DIR/model.onnx`` takes ``images``, uint8[batch, size,
 size, 3] RGB, for any batch size, and gives one float32[batch, classes] output of
-probabilities per task, named after the task; ``DIR/onnx.json`` holds what
+probabilities per task, named after the task (no ``ood_score``); ``DIR/onnx.json`` holds what
 ``export.json`` holds (the model is computed in float32 whatever the run's dtype).
 With ``onnxruntime``::
 
@@ -42,7 +46,7 @@ With ``onnxruntime``::
 
   meta = json.load(open("DIR/onnx.json"))
   session = ort.InferenceSession(f"DIR/{meta['file']}")
-  images = np.zeros((5, meta["image_size"], meta["image_size"], 3), np.uint8)  # RGB
+  images = np.stack([prepare("photo.jpg", meta["image_size"])])  # as above
   probs = dict(zip(meta["outputs"], session.run(meta["outputs"], {"images": images})))
 
 The ONNX files go next to the StableHLO ones, so one ``DIR`` can hold both;

@@ -9,28 +9,34 @@ In Python::
   from fgmask_jax.predict import Predictor
   predictor = Predictor.from_workdir("RUN")        # or an `export` folder
   predictor(["a.jpg", rgb_uint8_array])
-  # [{"gender": {"label": "female", "probabilities": {"male": 0.1, "female": 0.9}}, ...}, ...]
+  # [{"gender": {"label": "female", "probabilities": {"male": 0.1, "female": 0.9}}, ...,
+  #   "ood_score": -2.9, "uncertain": False}, ...]
+  predictor.predict_faces("group.jpg")            # one result per face, with its "box"
 
-``RUN`` is a finished neural run's workdir: its ``config.json`` and the best
-validation checkpoint (``best/<step>``) are read. A leave-persons-out run holds
-one model per fold of persons and none of them is the run's model: pass
-``fold=K`` (``--fold=K``) to use ``fold_<K>``; without it the error lists the folds.
-The classical methods keep no fitted classifier: prediction is for neural runs.
+``RUN`` is a finished neural run's workdir (the best validation checkpoint is used)
+or a folder written by ``fgmask_jax.export``. A leave-persons-out run holds one
+model per fold of persons: pass ``--fold=K``. The classical methods keep no fitted
+classifier: prediction is for neural runs.
 
-Preprocessing is the training pipeline's own: files are decoded by
-`pipeline.read_image`, the decoder of `pipeline.decode_image` (OpenCV: EXIF orientation
-applied, grayscale to 3 channels, alpha dropped, 16-bit scaled to 8-bit), and squared
-and resized by `pipeline.square_resize`, the function `decode_image` uses; arrays
-(RGB) go through `square_resize` too. The result equals `decode_image` on the file's
-bytes, bit for bit.
+Each photo is prepared as the training images were: decoded (EXIF rotation applied,
+grayscale, RGBA and 16-bit images made 8-bit RGB), cropped to its centre square and
+resized to the model's image size. With ``--faces=detect`` each frontal face found is
+cropped the way the training images frame a face instead; faces narrower than
+``--min_face`` pixels of the photo are skipped.
 
 The command writes one row per image (per face with ``--faces=detect``): CSV
 (``.csv``, also stdout when ``--out`` is not given) or JSON lines (``.jsonl``). An
-image that cannot be predicted (unreadable, empty, truncated, not an image,
-smaller than `MIN_SIDE` pixels, or with ``--faces=detect`` no face found) gets a
-row with the reason in its ``error`` column and is also listed on stderr; every
-other image is still predicted. Exit status: 0 if every image was predicted, 1 if
-any was not, 2 for a usage error (bad flag, missing run, no images found).
+existing ``--out`` file is replaced only when the command has written every row.
+Every predicted row has an ``ood_score`` (higher: less like the images the model
+was trained on) and ``uncertain`` (the score is above ``--ood_threshold``); a model
+trained on drawn faces does not know real photos, whatever it answers: see
+docs/predicting.md. An image that cannot be predicted (unreadable, empty,
+truncated, not an image, smaller than 16 pixels on a side, or with
+``--faces=detect`` no face found) gets a row with the reason in its ``error`` column
+and is also listed on stderr, as is a face too small; every other image is still
+predicted. Exit status: 0 if every image was predicted, 1 if any was not, 2 for a
+usage error (bad flag, missing run, a path that does not exist, no images found),
+which writes nothing.
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ import sys
 
 from fgmask_jax import cli, errors
 from fgmask_jax.inference import Predictor  # noqa: F401 - `from fgmask_jax.predict import Predictor`
+from fgmask_jax.inference.faces import MIN_FACE
 from fgmask_jax.inference.files import predict_to_file
+from fgmask_jax.inference.predictor import OOD_THRESHOLD
 
 
 def define_flags() -> None:
@@ -52,8 +60,17 @@ def define_flags() -> None:
     flags.DEFINE_string("out", None, "Output .csv or .jsonl (default: CSV on stdout).")
     flags.DEFINE_integer("batch_size", 32, "Images per model call (the last one is padded).")
     flags.DEFINE_enum("faces", "none", ["none", "detect"],
-                      "none: each image is one face, as in training; detect: find faces "
-                      "and predict each, framed as the training images are.")
+                      "none: each image is one face, as in training; detect: find the "
+                      "frontal faces in each photo and predict each, framed as the training "
+                      "images frame a face (needs scikit-image: pip install -e "
+                      "'.[faces]').")
+    flags.DEFINE_integer("min_face", MIN_FACE,
+                         "With --faces=detect: skip faces narrower than this many pixels of "
+                         "the photo (listed on stderr and as rows with the reason).")
+    flags.DEFINE_float("ood_threshold", None,
+                       f"Rows whose ood_score is above this are marked uncertain (default: "
+                       f"{OOD_THRESHOLD:g}, measured on the demo run, or an export folder's "
+                       f"own; benchmarks/ood_signal.py measures your run's).")
     flags.DEFINE_integer("fold", None, "Leave-persons-out runs: the fold whose model to use.")
     flags.mark_flags_as_required(["workdir", "images"])
 
@@ -68,7 +85,8 @@ def main(argv: list[str]) -> None:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     args = flags.FLAGS
     sys.exit(predict_to_file(cli.absolute(args.workdir), args.images, args.out,
-                             batch_size=args.batch_size, faces=args.faces, fold=args.fold))
+                             batch_size=args.batch_size, faces=args.faces, fold=args.fold,
+                             min_face=args.min_face, ood_threshold=args.ood_threshold))
 
 
 if __name__ == "__main__":

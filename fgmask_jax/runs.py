@@ -101,12 +101,20 @@ def run_folder(workdir: str, fold: int | None = None) -> str:
 
 
 def read_config(folder: str) -> ml_collections.ConfigDict:
-    """The resolved config a run wrote to ``folder/config.json``."""
+    """The resolved config a run wrote to ``folder/config.json`` (`as_run_now`)."""
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
         raise _missing_run(folder, "no config.json")
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        return ml_collections.ConfigDict(as_run_now(json.load(f)))
+
+
+def as_run_now(saved: dict) -> dict:
+    """A config.json written before a field existed, with the value its run used: a neural
+    run's ``split_seed`` was its ``seed`` (which then also drew the splits)."""
+    if "seed" in saved and "model" in saved and "split_seed" not in saved:
+        saved = {**saved, "split_seed": saved["seed"]}
+    return saved
 
 
 def temperatures(folder: str) -> dict[str, float]:

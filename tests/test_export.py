@@ -1,17 +1,25 @@
-"""The serving artifact: written from a single-task run, run in a process with only jax + numpy."""
+"""The serving artifact: written from a single-task run, run in a process with only jax + numpy
+(and Pillow, for the serving example of docs/predicting.md)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from test_train import tiny_config
 
 from fgmask_jax import predict, train
 from fgmask_jax.data import pipeline
 from fgmask_jax.inference import export
+from fgmask_jax.inference.images import load_image
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "predicting.md"
 
 # The module docstring's loader, in a fresh interpreter that must not import flax or us.
 LOADER = """
@@ -57,16 +65,62 @@ def test_exported_model_gives_the_predictors_probabilities_with_only_jax(
     assert proc.returncode == 0, proc.stderr
 
     ours = predict.Predictor.from_workdir(single_task_run, batch_size=4)
-    expected = ours.probabilities(images)
+    expected = ours.outputs(images)
     with np.load(tmp_path / "served.npz") as served:
-        assert set(served.files) == {"gender"}
-        np.testing.assert_allclose(served["gender"], expected["gender"], atol=1e-5)
+        assert set(served.files) == {"gender", "ood_score"}
+        for key in served.files:
+            np.testing.assert_allclose(served[key], expected[key], atol=1e-5)
     # The artifact's folder serves the Predictor too, with the same answers.
     again = predict.Predictor.from_workdir(tmp_path / "served", batch_size=4)
     np.testing.assert_allclose(again.probabilities(images)["gender"], expected["gender"],
                                atol=1e-5)
-    assert [r["gender"]["label"] for r in again(list(images))] == [
-        r["gender"]["label"] for r in ours(list(images))]
+    assert again.ood_threshold == meta["ood_threshold"] == ours.ood_threshold
+    assert [(r["gender"]["label"], r["uncertain"]) for r in again(list(images))] == [
+        (r["gender"]["label"], r["uncertain"]) for r in ours(list(images))]
+
+
+def serving_example() -> str:
+    """The serving example of docs/predicting.md: its Python block that defines `prepare`."""
+    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
+    (block,) = [b for b in blocks if "def prepare(" in b]
+    return block
+
+
+def test_the_docs_serving_example_runs_on_a_jpeg_with_jax_numpy_and_pillow_only(
+        single_task_run, tmp_path):
+    export.export_run(single_task_run, str(tmp_path / "served"))
+    rng = np.random.default_rng(0)
+    # Photos that shrink by uneven ratios (area averaging) and one that is enlarged (bilinear).
+    shapes = {"photo.jpg": (97, 150), "wide.jpg": (61, 80), "small.jpg": (20, 26)}
+    for name, (h, w) in shapes.items():
+        y, x = np.mgrid[0:h, 0:w]
+        photo = np.stack([x * 255 // w, y * 255 // h, (x + y) % 256], -1)
+        photo = np.clip(photo + rng.integers(-20, 20, photo.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(photo).save(tmp_path / name, quality=90)
+    code = serving_example()
+    assert code.count('photos = ["photo.jpg"]') == 1
+    code = code.replace('photos = ["photo.jpg"]', f"photos = {list(shapes)}")
+    code += textwrap.dedent("""
+        np.savez("served.npz", prepared=images, **{k: np.asarray(v) for k, v in out.items()})
+        import sys
+        assert not {"fgmask_jax", "flax", "cv2"} & set(sys.modules), sorted(sys.modules)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("{'gender': ") == len(shapes), proc.stdout
+
+    predictor = predict.Predictor.from_workdir(single_task_run, batch_size=4)
+    ours = np.stack([load_image(tmp_path / name, 32) for name in shapes])
+    expected = predictor.outputs(ours)
+    with np.load(tmp_path / "served.npz") as served:
+        # prepare()'s pixels are the pipeline's, to OpenCV's fixed-point rounding (enlarging).
+        assert np.abs(served["prepared"].astype(int) - ours).max() <= 1
+        np.testing.assert_array_equal(served["prepared"][:2], ours[:2])
+        for key in ("gender", "ood_score"):
+            np.testing.assert_allclose(served[key][:2], expected[key][:2], atol=1e-4)
+            np.testing.assert_allclose(served[key][2:], expected[key][2:], atol=1e-3)
 
 
 def test_export_of_a_missing_run_is_a_one_line_error(tmp_path):

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 from test_train import tiny_config
 
-from fgmask_jax import inference, predict, train
+from fgmask_jax import inference, predict, runs, train
 from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.data import pipeline, synthetic
-from fgmask_jax.inference import images
+from fgmask_jax.inference import files, images
 from fgmask_jax.inference.files import predict_to_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,6 +67,7 @@ def test_predictions_equal_the_runs_own_on_its_test_split(run_dir, test_split_fi
             assert list(probs) == list(classes)
             assert abs(sum(probs.values()) - 1) < 1e-5
             assert r[task]["label"] == max(probs, key=probs.get)
+        assert r["uncertain"] == (r["ood_score"] > predictor.ood_threshold)
     # The preprocessing is the training pipeline's, bit for bit.
     for path, data in zip(paths, encoded, strict=True):
         np.testing.assert_array_equal(images.load_image(path, 32), pipeline.decode_image(data, 32))
@@ -74,6 +75,23 @@ def test_predictions_equal_the_runs_own_on_its_test_split(run_dir, test_split_fi
     arrays = [pipeline.read_image(data) for data in encoded[:3]]
     assert predictor(arrays) == results[:3]
     assert predictor(arrays[0]) == results[:1]
+
+
+def test_ood_score_is_the_energy_of_the_temperature_scaled_logits(run_dir, test_split_files):
+    from scipy.special import logsumexp
+
+    run = runs.load(run_dir)
+    assert set(run.temperatures) == set(TASKS)  # a finished run fitted them
+    prepared = np.stack([images.load_image(p, 32) for p in test_split_files[0][:5]])
+    logits = runs.make_model(run.config).apply(
+        run.variables, pipeline.normalize(prepared, runs.compute_dtype(run.config)), train=False)
+    expected = np.mean([-t * logsumexp(np.asarray(logits[task], np.float64) / t, axis=-1)
+                        for task, t in run.temperatures.items()], axis=0)
+    predictor = predict.Predictor.from_workdir(run_dir, batch_size=4)
+    np.testing.assert_allclose(predictor.outputs(prepared)["ood_score"], expected, atol=1e-4)
+    predictor.ood_threshold = float(np.median(expected))
+    assert [r["uncertain"] for r in predictor(list(prepared))] == list(
+        predictor.outputs(prepared)["ood_score"] > np.median(expected))
 
 
 def test_array_forms_grayscale_rgba_and_16_bit_are_read_as_meant():
@@ -168,10 +186,14 @@ def test_command_predicts_every_good_image_and_lists_every_bad_one(run_dir, test
             for task, classes in labels_lib.TASKS.items():
                 assert r[task] in classes
                 assert abs(sum(float(r[f"p_{task}_{c}"]) for c in classes) - 1) < 1e-4
+            assert r["uncertain"] == ("true" if float(r["ood_score"]) > predict.OOD_THRESHOLD
+                                      else "false"), name
         else:
             assert reason in r["error"] and r["gender"] == "", name
+            assert r["ood_score"] == r["uncertain"] == "", name
             assert f"{name}: {r['error']}" in proc.stderr
-    assert "images/s" in proc.stderr and "1 other files in the folders skipped" in proc.stderr
+    assert f"predict: {len(expected)} images with" in proc.stderr
+    assert "images/s" in proc.stderr and "1 other file in the folders skipped" in proc.stderr
 
     # The CSV's good rows are the Python API's answers.
     good = [r for r in rows if not r["error"]]
@@ -179,6 +201,74 @@ def test_command_predicts_every_good_image_and_lists_every_bad_one(run_dir, test
     for r, a in zip(good, api, strict=True):
         for task in TASKS:
             assert r[task] == a[task]["label"]
+        assert float(r["ood_score"]) == pytest.approx(a["ood_score"], abs=1e-5)
+
+
+def test_a_path_that_does_not_exist_is_a_usage_error_that_writes_nothing(run_dir,
+                                                                           test_split_files,
+                                                                           tmp_path):
+    (tmp_path / "preds.csv").write_bytes(b"earlier,rows\r\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "fgmask_jax.predict", f"--workdir={run_dir}",
+         f"--images={test_split_files[0][0]},photos/missing.jpg", "--out=preds.csv"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert str(tmp_path / "photos" / "missing.jpg") in proc.stderr
+    assert (tmp_path / "preds.csv").read_bytes() == b"earlier,rows\r\n"
+    assert os.listdir(tmp_path) == ["preds.csv"]
+
+
+def test_help_speaks_of_photos_and_flags_not_of_internals():
+    proc = subprocess.run([sys.executable, "-m", "fgmask_jax.predict", "--help"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr
+    for internal in ("pipeline", "read_image", "square_resize", "MIN_SIDE"):
+        assert internal not in proc.stdout, internal
+    for said in ("--min_face", "ood_score", "uncertain", "16 pixels", "exit", "docs/predicting.md"):
+        assert said.lower() in proc.stdout.lower(), said
+
+
+def test_out_is_replaced_only_once_every_row_is_written(run_dir, test_split_files, tmp_path,
+                                                        monkeypatch):
+    paths = test_split_files[0][:3]
+    out = tmp_path / "preds.jsonl"
+    out.write_text("earlier\n")
+    whole = files.predict_files
+
+    def stopped_after_one_row(*args, **kwargs):
+        rows = whole(*args, **kwargs)
+        yield next(rows)
+        raise KeyboardInterrupt  # as Ctrl-C half-way
+
+    monkeypatch.setattr(files, "predict_files", stopped_after_one_row)
+    with pytest.raises(KeyboardInterrupt):
+        predict_to_file(run_dir, paths, str(out), stderr=io.StringIO())
+    assert out.read_text() == "earlier\n" and os.listdir(tmp_path) == ["preds.jsonl"]
+
+    monkeypatch.undo()
+    err = io.StringIO()
+    assert predict_to_file(run_dir, paths[:1], str(out), stderr=err) == 0
+    assert os.listdir(tmp_path) == ["preds.jsonl"]
+    assert "predict: 1 image with" in err.getvalue()
+    assert "predict: 1 of 1 image predicted" in err.getvalue()
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+
+    # JSON lines round as the CSV does: the same numbers in both.
+    assert predict_to_file(run_dir, paths[:1], str(tmp_path / "preds.csv"),
+                           stderr=io.StringIO()) == 0
+    import csv
+
+    with open(tmp_path / "preds.csv") as f:
+        (cells,) = list(csv.DictReader(f))
+    assert row["ood_score"] == float(cells["ood_score"])
+    for task, classes in labels_lib.TASKS.items():
+        for c in classes:
+            value = row["predictions"][task]["probabilities"][c]
+            assert value == float(cells[f"p_{task}_{c}"]) == round(value, 6)
 
 
 def test_missing_run_says_what_is_missing_and_the_way_out(tmp_path, run_dir):
@@ -231,20 +321,55 @@ def test_faces_are_found_cropped_and_predicted_one_row_each(run_dir, tmp_path):
 
     boxes = inference.detect_faces(two)
     assert len(boxes) == 2
-    for box, left, top in zip(boxes, (40, 300), (70, 90), strict=True):  # inside its face
+    for box, left, top in zip(sorted(boxes, key=lambda b: b.x), (40, 300), (70, 90),
+                              strict=True):  # inside its face
         assert left <= box.x and box.x + box.width <= left + 180
         assert top <= box.y and box.y + box.height <= top + 180
         crop = inference.crop_face(two, box)
         assert crop.shape[0] == crop.shape[1] and 150 <= crop.shape[0] <= 240
     assert inference.detect_faces(none) == []
 
+    # The smaller face under --min_face: skipped, with its box and the reason.
+    min_face = boxes[1].width + 1
+    assert boxes[0].width >= min_face
     out = tmp_path / "faces.jsonl"
+    err = io.StringIO()
     status = predict_to_file(run_dir, [str(tmp_path / "*.png")], str(out), batch_size=4,
-                         faces="detect", stderr=io.StringIO())
+                             faces="detect", min_face=min_face, stderr=err)
     assert status == 1  # a photo without a face was not predicted
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(os.path.basename(r["file"]), r["face"], r["error"]) for r in rows] == [
-        ("none.png", None, "no face found"), ("two.png", 0, None), ("two.png", 1, None)]
+        ("none.png", None, "no face found"), ("two.png", 0, None),
+        ("two.png", 1, f"{boxes[1].width} px wide: narrower than min_face={min_face} px")]
     for r, box in zip(rows[1:], boxes, strict=True):
-        assert r["box"] == {"x": box.x, "y": box.y, "width": box.width, "height": box.height}
-        assert set(r["predictions"]) == set(TASKS)
+        assert r["box"] == {"x": box.x, "y": box.y, "width": box.width, "height": box.height,
+                            "score": box.score}
+        assert box.score >= 4
+    assert set(rows[1]["predictions"]) == set(TASKS) and rows[2]["predictions"] is None
+    assert isinstance(rows[1]["uncertain"], bool) and rows[2]["uncertain"] is None
+    assert (f"predict: skipped: {tmp_path / 'two.png'}, face 1 at x={boxes[1].x} "
+            f"y={boxes[1].y}") in err.getvalue()
+    assert "1 of 2 images predicted (1 face, 1 more skipped" in err.getvalue()
+
+    # The Python API finds the same faces and gives the same answers.
+    predictor = predict.Predictor.from_workdir(run_dir, batch_size=4)
+    found = predictor.predict_faces(str(tmp_path / "two.png"), min_face=min_face)
+    assert [f["box"] for f in found] == boxes[:1]
+    assert found[0]["ood_score"] == pytest.approx(rows[1]["ood_score"], abs=1e-5)
+    for task in TASKS:
+        assert found[0][task]["label"] == rows[1]["predictions"][task]["label"]
+    assert [f["box"] for f in predictor.predict_faces(two)] == boxes
+
+
+def test_predictor_finds_the_one_face_of_a_real_photo_and_none_in_a_cup(run_dir):
+    skimage_data = pytest.importorskip("skimage.data")
+    predictor = predict.Predictor.from_workdir(run_dir, batch_size=4)
+    photo = skimage_data.astronaut()
+    (face,) = predictor.predict_faces(photo)  # the background's small false finds dropped
+    box = face["box"]
+    assert 160 <= box.x and box.x + box.width <= 290 and 50 <= box.y <= box.y + box.height <= 190
+    assert box.score >= 4 and box.width >= 48
+    # The face's prediction is the predictor's on the face's crop.
+    assert {k: v for k, v in face.items() if k != "box"} == predictor(
+        inference.crop_face(photo, box))[0]
+    assert predictor.predict_faces(skimage_data.coffee()) == []

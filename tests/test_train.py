@@ -340,6 +340,13 @@ def test_a_rerun_may_not_change_the_state_but_may_train_longer(small_data_dir, t
                                  str(tmp_path))
     assert _files(tmp_path) == before  # nothing renamed, rewritten or deleted
 
+    # A run saved before config.split_seed existed drew its splits with its seed: the same.
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["split_seed"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(config_lib.ConfigError, match=r"split_seed=0, not 3"):
+        train.train_and_evaluate(tiny_config(small_data_dir, split_seed=3), str(tmp_path))
+
     longer = train.train_and_evaluate(tiny_config(small_data_dir), str(tmp_path))
     assert longer["steps"] == 6
     assert json.loads((tmp_path / "config.json").read_text())["num_train_steps"] == 3

@@ -12,7 +12,7 @@ import numpy as np
 
 from fgmask_jax import errors, paths, runs
 from fgmask_jax.data import labels as labels_lib
-from fgmask_jax.inference.predictor import EXPORT_META, probabilities_fn
+from fgmask_jax.inference.predictor import EXPORT_META, OOD_KEY, OOD_THRESHOLD, probabilities_fn
 
 FORMATS = ("jax", "onnx", "torchvision")
 MODEL_FILE = "model.jaxexport"
@@ -57,8 +57,11 @@ def export_run(workdir: str, out: str, *, fold: int | None = None,
         format="jax.export (StableHLO), serialized; load with jax.export.deserialize",
         file=MODEL_FILE,
         input=f"uint8[batch, {size}, {size}, 3] RGB",
-        output="{task: float32[batch, classes]} class probabilities, classes as in tasks",
+        output=f"{{task: float32[batch, classes]}} class probabilities, classes as in tasks, "
+               f"and {OOD_KEY}: float32[batch], the out-of-distribution score (higher: less "
+               f"like the training images; see ood_threshold)",
         platforms=list(exported.platforms),
+        ood_threshold=OOD_THRESHOLD,
     )
     with open(os.path.join(out, EXPORT_META), "w") as f:
         json.dump(meta, f, indent=1)
@@ -101,7 +104,7 @@ def export_onnx(workdir: str, out: str, *, fold: int | None = None) -> str:
         from jax2onnx import to_onnx
     except ImportError as e:
         raise ImportError(f"ONNX export needs jax2onnx and onnx ({e}): "
-                          "pip install 'fgmask_jax[onnx]'") from None
+                          "pip install -e '.[onnx]'") from None
     from jax import export
 
     run = runs.load(workdir, fold)

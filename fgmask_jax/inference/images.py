@@ -2,6 +2,7 @@
 
 Files are decoded by `pipeline.read_image` (the decoder of `pipeline.decode_image`) and
 squared and resized by `pipeline.square_resize`; arrays go through `square_resize` too.
+Faces found in a photo (`faces`) are cropped from the full-size photo, then resized alike.
 An image that cannot be used raises `errors.DataError` (a ValueError) with the reason.
 """
 
@@ -55,25 +56,34 @@ def _read_bytes(path: str) -> bytes:
         raise errors.DataError(f"cannot read the file: {e.strerror or e}") from None
 
 
+def read_photo(image) -> np.ndarray:
+    """A path or an image array -> uint8[H, W, 3] RGB at full size, decoded as the training
+    pipeline decodes. Raises ValueError with the reason for an image that cannot be used."""
+    if isinstance(image, str | os.PathLike):
+        rgb = pipeline.read_image(_read_bytes(os.fspath(image)))
+    else:
+        rgb = as_rgb(image)
+    _check_size(*rgb.shape[:2])
+    return rgb
+
+
 def load_image(image, image_size: int) -> np.ndarray:
     """A path or an image array -> uint8[image_size, image_size, 3], as the training pipeline
-    prepares images. Raises ValueError with the reason for an image that cannot be used."""
-    if isinstance(image, str | os.PathLike):
-        # Decoded and squared as `pipeline.decode_image` does (one decode, to check the size).
-        full = pipeline.read_image(_read_bytes(os.fspath(image)))
-        _check_size(*full.shape[:2])
-        return pipeline.square_resize(full, image_size)
-    rgb = as_rgb(image)
-    _check_size(*rgb.shape[:2])
-    return pipeline.square_resize(rgb, image_size)
+    prepares images (a file: as `pipeline.decode_image` does, bit for bit). Raises
+    ValueError with the reason for an image that cannot be used."""
+    return pipeline.square_resize(read_photo(image), image_size)
 
 
-def load_faces(path: str, image_size: int) -> list[tuple[Box, np.ndarray]]:
-    """Every face found in the photo at ``path``: [(box, uint8[image_size, image_size, 3])].
+def load_faces(image, image_size: int, min_face: int = 0
+               ) -> list[tuple[Box, np.ndarray | None]]:
+    """Every face found in ``image`` (a path or an image array), largest first:
+    [(box, uint8[image_size, image_size, 3] framed as in training)]; the image is None
+    for a face narrower than ``min_face`` pixels of the photo.
 
-    Raises ValueError with the reason if the file is not a usable image.
+    Raises ValueError with the reason if ``image`` is not usable, ImportError without
+    scikit-image.
     """
-    full = pipeline.read_image(_read_bytes(path))
-    _check_size(*full.shape[:2])
-    return [(box, pipeline.square_resize(crop_face(full, box), image_size))
-            for box in detect_faces(full)]
+    photo = read_photo(image)
+    return [(box, None if box.width < min_face
+             else pipeline.square_resize(crop_face(photo, box), image_size))
+            for box in detect_faces(photo)]

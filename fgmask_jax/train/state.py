@@ -78,7 +78,8 @@ def record_config(workdir: str, config) -> None:
     if not (saved_path.exists() and _has_checkpoints(workdir)):
         writers.write_config(workdir, config)
         return
-    saved, now = json.loads(saved_path.read_text()), json.loads(config.to_json_best_effort())
+    saved = runs.as_run_now(json.loads(saved_path.read_text()))
+    now = json.loads(config.to_json_best_effort())
     changes = {k: (saved.get(k), now.get(k)) for k in sorted({*saved, *now})
                if saved.get(k) != now.get(k)}
     refused = [k for k in changes if k in STATE_FIELDS]
