@@ -207,12 +207,16 @@ def report(workdir: str, config, model, state, result: dict, calibration: dict, 
 
 
 def saliency_section(workdir: str, model, state, source, indices, config) -> str:
-    """Grad-CAM of each task head over the first ``config.saliency_images`` test images, at
+    """Grad-CAM of each task head over ``config.saliency_images`` test images drawn at random
+    (by ``config.split_seed``: the same for every training seed, in index order), at
     the last feature map of at least 4x4 (a ResNet's last map is 2x2 at 64 px): the report's
     figure and the share of attribution on each image's mask, above it and elsewhere (from
     the dataset's landmarks; without them, the upper and lower half of the image). Runs on
     this process's devices only."""
-    indices = np.asarray(indices)[:config.saliency_images]
+    indices = np.asarray(indices)
+    rng = np.random.default_rng(config.split_seed)
+    indices = np.sort(rng.choice(indices, min(config.saliency_images, len(indices)),
+                                 replace=False))
     images = pipeline.load_all(source, indices, config.image_size)["image"]
     variables = jax.device_get(state_lib.model_variables(state.params, state.batch_stats))
     x = np.asarray(pipeline.normalize(images, jnp.float32))
