@@ -65,8 +65,12 @@ def inputs(steps: Steps, config, source, fit: np.ndarray, val: np.ndarray, start
                                   image_size=config.image_size, seed=config.seed)
     batches = pipeline.prefetch(pipeline.to_global(b, steps.data)
                                 for b in pipeline.iterate(host, start, workers))
-    return batches, lambda: evaluate_lib.host_eval_batches(steps, source, val, config,
-                                                           workers), workers
+    # Validation passes read one endless stream: one pool of decoding processes per run.
+    passes = pipeline.eval_batches(source, val, global_batch=config.batch_size,
+                                   image_size=config.image_size)
+    stream = pipeline.iterate(passes.repeat(), workers=workers)
+    return batches, lambda: (pipeline.to_global(next(stream), steps.data)
+                             for _ in range(len(passes))), workers
 
 
 class Loop:
