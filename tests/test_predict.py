@@ -373,3 +373,23 @@ def test_predictor_finds_the_one_face_of_a_real_photo_and_none_in_a_cup(run_dir)
     assert {k: v for k, v in face.items() if k != "box"} == predictor(
         inference.crop_face(photo, box))[0]
     assert predictor.predict_faces(skimage_data.coffee()) == []
+
+
+def test_the_weights_are_an_argument_of_the_compiled_program_not_constants():
+    """ResNet-18's 11M parameters (45 MB): baked into the program they would make the lowered
+    module as large; as an argument it stays small, whatever the weights."""
+    import jax
+
+    from fgmask_jax import config_lib, runs
+    from fgmask_jax.inference import Predictor
+
+    config = config_lib.neural_config("model=resnet18,size=32", tasks=tuple(TASKS))
+    model = runs.make_model(config)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)),
+                                               train=False))
+    rng = np.random.default_rng(0)  # random weights: no constant folding could shrink them
+    variables = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), shapes)
+    predictor = Predictor.from_variables(config, variables, batch_size=4)
+    images = np.zeros((4, 32, 32, 3), np.uint8)
+    module = predictor._fn.lower(*predictor._arguments(images)).as_text()
+    assert len(module) < 1_000_000, len(module)

@@ -67,15 +67,19 @@ class Predictor:
 
     def __init__(self, fn: Callable, tasks: dict[str, Sequence[str]], image_size: int,
                  batch_size: int = 32, description: str = "",
-                 ood_threshold: float = OOD_THRESHOLD):
+                 ood_threshold: float = OOD_THRESHOLD, variables=None):
         """``fn``: jittable uint8[B, image_size, image_size, 3] -> {task: float32[B, C]} and
-        ``"ood_score"``: float32[B] (an artifact exported before it was added has none)."""
+        ``"ood_score"``: float32[B] (an artifact exported before it was added has none);
+        with ``variables``, ``fn(variables, images)``: the weights are then an argument of
+        the compiled program, not constants baked into it (whose compilation, device memory
+        and compilation-cache entry would grow with them)."""
         self.tasks = {t: tuple(c) for t, c in tasks.items()}
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
         self.description = description
         self.ood_threshold = float(ood_threshold)
         self._fn = jax.jit(fn)
+        self._variables = variables
         if self.batch_size < 1:
             raise errors.ConfigError(f"batch_size={batch_size}: must be >= 1")
 
@@ -85,10 +89,8 @@ class Predictor:
         """A predictor of the model ``config`` describes, with these variables (and
         temperature scaling: {task: T})."""
         fn = probabilities_fn(runs.make_model(config), runs.compute_dtype(config), temperatures)
-        variables = jax.device_put(variables)
-        return cls(lambda images: fn(variables, images),
-                   {t: labels_lib.TASKS[t] for t in config.tasks}, config.image_size,
-                   batch_size, description)
+        return cls(fn, {t: labels_lib.TASKS[t] for t in config.tasks}, config.image_size,
+                   batch_size, description, variables=jax.device_put(variables))
 
     @classmethod
     def from_workdir(cls, path: str, *, fold: int | None = None,
@@ -129,7 +131,11 @@ class Predictor:
         if n > self.batch_size:
             raise ValueError(f"{n} images in one dispatch: at most batch_size={self.batch_size}")
         # Rows of zeros up to batch_size: one shape, one compiled program for every call.
-        return self._fn(pipeline.pad_rows(np.asarray(images, np.uint8), self.batch_size, fill=0))
+        return self._fn(*self._arguments(
+            pipeline.pad_rows(np.asarray(images, np.uint8), self.batch_size, fill=0)))
+
+    def _arguments(self, images) -> tuple:
+        return (images,) if self._variables is None else (self._variables, images)
 
     def outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """uint8[N, S, S, 3] RGB, prepared (`load_image`) -> {task: float32[N, classes],
