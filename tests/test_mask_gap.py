@@ -80,6 +80,36 @@ def test_plan_cells():
         "unmasked_train": "unmasked_photo_train", "unmasked_test": "unmasked_photo_test"}
 
 
+def test_seeds_are_scored_together_on_the_same_test_images(tmp_path):
+    cells = mask_gap.plan("photo", methods=("multitask_cnn",), seeds=2, one_copy=False)
+    assert [c.folder for c in cells] == ["multitask_cnn/masked", "multitask_cnn/unmasked",
+                                         "multitask_cnn.seed1/masked",
+                                         "multitask_cnn.seed1/unmasked"]
+    rng = np.random.default_rng(0)
+    n, subject = 60, np.repeat(np.arange(12), 5)
+    labels = {t: rng.integers(0, k, n) for t, k in zip(TASKS, (4, 2, 3), strict=True)}
+    accuracy = {}
+    for cell in cells:
+        for test in mask_gap.TESTS:
+            folder = tmp_path / cell.folder
+            folder.mkdir(parents=True, exist_ok=True)
+            preds = {t: np.where(rng.random(n) < 0.7, y, 0) for t, y in labels.items()}
+            accuracy[cell.folder, test] = (preds["gender"] == labels["gender"]).mean()
+            np.savez(folder / f"test_{test}.npz", subject_id=subject,
+                     **{f"label_{t}": y for t, y in labels.items()},
+                     **{f"pred_{t}": p for t, p in preds.items()})
+    rows, gaps, _ = mask_gap.score(str(tmp_path), cells, num_samples=100, seed=0)
+    row = next(r for r in rows if (r["task"], r["train"], r["test"])
+               == ("gender", "masked", "unmasked"))
+    assert row["seeds"] == 2
+    assert row["value"] == pytest.approx(np.mean(
+        [accuracy[f, "unmasked"] for f in ("multitask_cnn/masked", "multitask_cnn.seed1/masked")]))
+    assert row["low"] <= row["value"] <= row["high"]
+    gap = next(g for g in gaps if (g["task"], g["train"]) == ("gender", "masked"))
+    assert gap["value"] == pytest.approx(row["value"] - np.mean(
+        [accuracy[f, "masked"] for f in ("multitask_cnn/masked", "multitask_cnn.seed1/masked")]))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"protocol": "study"}, "protocol='study' is not one of: photo, subject"),
     ({"methods": ("lbp",)}, "methods ['lbp']: choose from multitask_cnn"),

@@ -388,7 +388,13 @@ def _mask_gap_setting(rows, setting: dict, words: Wording, shortening: dict) -> 
              "hold the same persons and photos)",
              "- gap: accuracy on the unmasked test minus that on the masked test, in points, "
              "for one model; cost: a model trained and tested on unmasked faces minus one "
-             "trained and tested on masked faces"]
+             "trained and tested on masked faces",
+             (f"- training seeds: every model trained {setting['seeds']} times (config.seed "
+              f"0..{setting['seeds'] - 1}); accuracies, gaps and costs are their means, and "
+              "the intervals resample the seeds too (a two-level bootstrap)"
+              if setting.get("seeds", 1) > 1 else
+              "- one training run of each model: retraining alone can move a number by a few "
+              "points (`--seeds=N` trains N and folds that into the intervals)")]
     if setting["runlocal"]:
         lines.append("- runlocal: the runlocal configs (a shrunk run for a laptop CPU), "
                      "shortened for the mask gap: " + ", ".join(

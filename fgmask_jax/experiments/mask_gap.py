@@ -85,8 +85,9 @@ def one_copy_per_photo(photo_ids: np.ndarray, seed: int = 0) -> np.ndarray:
 
 def plan(protocol: str, *, methods=DEFAULT_METHODS, runlocal: bool = False,
          resnet: str = "", one_copy: bool = True,
-         data: str = "synthetic_paired") -> list[Cell]:
-    """The cells of the mask gap: every run of ``methods`` on every training set.
+         data: str = "synthetic_paired", seeds: int = 1) -> list[Cell]:
+    """The cells of the mask gap: every run of ``methods`` (each of its ``seeds`` training
+    seeds: `study.plan`) on every training set.
 
     Raises:
       errors.ConfigError: an unknown protocol or method, or data without unmasked twins.
@@ -105,7 +106,7 @@ def plan(protocol: str, *, methods=DEFAULT_METHODS, runlocal: bool = False,
             f"methods {unknown or '(none)'}: choose from {', '.join(METHODS)}")
     trainings = TRAININGS if one_copy else ("masked", "unmasked")
     runs = study.plan(data, protocol, runlocal=runlocal, methods=tuple(methods),
-                      resnet=resnet)
+                      resnet=resnet, seeds=seeds)
     return [Cell(r, t) for r in runs for t in trainings]
 
 
@@ -143,7 +144,7 @@ def run_mask_gap(workdir: str, *, protocol: str = "photo", methods=DEFAULT_METHO
                  runlocal: bool = False, resnet: str = "", one_copy: bool = True,
                  data: str = "synthetic_paired", dataset: str = "", data_dir: str = "",
                  manual_dir: str = "", neural_overrides=None, num_samples: int = 1000,
-                 seed: int = 0, command: str = "") -> dict:
+                 seed: int = 0, command: str = "", seeds: int = 1) -> dict:
     """Trains the missing cells, tests each on both test sets, writes mask_gap.md/json.
 
     Args:
@@ -153,6 +154,8 @@ def run_mask_gap(workdir: str, *, protocol: str = "photo", methods=DEFAULT_METHO
       dataset, data_dir, manual_dir, neural_overrides: as `study.make_config` takes them.
       num_samples, seed: of the person bootstrap (seed: also of the one-copy draw).
       command: the command line, for the outputs.
+      seeds: training seeds of each model (the same training and test sets): accuracies
+        are their mean, and intervals resample persons and seeds.
 
     Returns:
       {"cells": [{method, task, train, test, value, low, high, n, persons}], "gaps":
@@ -168,7 +171,7 @@ def run_mask_gap(workdir: str, *, protocol: str = "photo", methods=DEFAULT_METHO
 
     began = time.perf_counter()
     cells = plan(protocol, methods=methods, runlocal=runlocal, resnet=resnet,
-                 one_copy=one_copy, data=data)
+                 one_copy=one_copy, data=data, seeds=seeds)
     overrides = [*(RUNLOCAL_OVERRIDES.items() if runlocal else ()),
                  *(neural_overrides.items() if isinstance(neural_overrides, dict)
                    else neural_overrides or ())]
@@ -194,7 +197,7 @@ def run_mask_gap(workdir: str, *, protocol: str = "photo", methods=DEFAULT_METHO
         setting = {"data": data, "dataset": first.dataset, "protocol": protocol,
                    "splits": splits.names, "runlocal": runlocal, "methods": list(methods),
                    "num_samples": num_samples, "command": command, "sizes": sizes,
-                   "seconds": round(seconds, 1)}
+                   "seeds": seeds, "seconds": round(seconds, 1)}
         tables.write_mask_gap_markdown(os.path.join(workdir, "mask_gap.md"), rows, gaps,
                                        costs, setting, runs, study.WORDING, TRAINING_TEXT,
                                        RUNLOCAL_OVERRIDES)
@@ -281,29 +284,34 @@ def score(workdir: str, cells, *, num_samples: int, seed: int):
     split, each model's gap (unmasked test minus masked test), and the cost of the mask
     (trained and tested unmasked minus trained and tested masked)."""
     rows, gaps, costs = [], [], []
-    for run in dict.fromkeys(c.run for c in cells):
+    for (method, _), seeds in study.by_method(dict.fromkeys(c.run for c in cells)).items():
+        run = seeds[0]
         trainings = [c.training for c in cells if c.run == run]
-        preds = {(tr, te): _load(os.path.join(workdir, run.folder, tr, f"test_{te}.npz"))
+        # Each (training, test) pair: the seeds' test files, stacked (the same images).
+        preds = {(tr, te): [_load(os.path.join(workdir, r.folder, tr, f"test_{te}.npz"))
+                            for r in seeds]
                  for tr in trainings for te in TESTS}
         for task in run.tasks:
             k = len(labels_lib.TASKS[task])
-            correct = {key: (p[f"label_{task}"] == p[f"pred_{task}"], p["subject_id"])
-                       for key, p in preds.items()}
-            for (tr, te), p in preds.items():
-                b = bootstrap.person_bootstrap(p[f"label_{task}"], p[f"pred_{task}"],
-                                               p["subject_id"], k, num_samples=num_samples,
-                                               seed=seed)
-                rows.append({"method": run.method, "task": task, "train": tr, "test": te,
+            correct = {key: (np.stack([p[f"label_{task}"] == p[f"pred_{task}"] for p in ps]),
+                             ps[0]["subject_id"])
+                       for key, ps in preds.items()}
+            for (tr, te), ps in preds.items():
+                p = ps[0]
+                b = bootstrap.person_bootstrap(
+                    p[f"label_{task}"], np.stack([q[f"pred_{task}"] for q in ps]),
+                    p["subject_id"], k, num_samples=num_samples, seed=seed)
+                rows.append({"method": method, "task": task, "train": tr, "test": te,
                              **b["accuracy"], "n": b["n"], "persons": b["persons"],
-                             "majority_rate": b["majority_rate"]})
+                             "seeds": b["seeds"], "majority_rate": b["majority_rate"]})
             for tr in trainings:
                 d = bootstrap.paired_difference(correct[tr, "unmasked"], correct[tr, "masked"],
                                                 num_samples=num_samples, seed=seed)
-                gaps.append({"method": run.method, "task": task, "train": tr, **d})
+                gaps.append({"method": method, "task": task, "train": tr, **d})
             for tr in (t for t in trainings if t != "unmasked"):
                 # Trained and tested alike: unmasked on unmasked minus masked on masked.
                 d = bootstrap.paired_difference(correct["unmasked", "unmasked"],
                                                 correct[tr, "masked"],
                                                 num_samples=num_samples, seed=seed)
-                costs.append({"method": run.method, "task": task, "train": tr, **d})
+                costs.append({"method": method, "task": task, "train": tr, **d})
     return rows, gaps, costs
