@@ -247,6 +247,8 @@ def test_leak_table_puts_protocols_side_by_side_and_computes_the_inflation(
     assert "| method | task | study | photo | subject | study − photo | study − subject |" \
         in table
     assert "| LBP | gender |" in table and "| Eigenface | expression |" in table
+    assert "| *majority class (floor)* | age_group |" in table  # each protocol's own
+    assert "study − photo, balanced acc." in table
     assert "--protocol=study,photo,subject" in table
     with open(tmp_path / "leak.csv") as f:
         kinds = [r["kind"] for r in csv.DictReader(f)]

@@ -117,6 +117,8 @@ def run_comparison(workdir: str, protocols, *, data: str = "synthetic_paired",
         setting = {"data": data, "dataset": dataset, "protocols": list(protocols),
                    "runlocal": runlocal, "methods": list(methods), "shortened": shortened,
                    "num_samples": num_samples, "command": command, "seconds": seconds,
+                   "floors": {p: out["floor"] for p, out in studies.items()},
+                   "balanced_inflation": balanced_inflation(studies, protocols),
                    "descriptions": {r["folder"]: r["description"]
                                     for r in studies["study"]["runs"]},
                    "leak": leak}
@@ -176,6 +178,17 @@ def inflation_rows(workdir: str, runs, rows, protocols, *, num_samples: int,
             inflation.append({"method": method, "task": task, "versus": p, "value": point,
                               "low": d["low"], "high": d["high"]})
     return inflation
+
+
+def balanced_inflation(studies: dict[str, dict], protocols) -> list[dict]:
+    """Per method, task and other protocol: balanced accuracy under ``study`` minus that
+    under the other one (points as fractions; no interval). Beside the accuracy's
+    inflation it shows how much of it is the class mix of each protocol's test set."""
+    value = {(r["method"], r["task"], p): r["value"] for p, out in studies.items()
+             for r in out["rows"] if r["metric"] == "balanced_accuracy"}
+    return [{"method": m, "task": t, "versus": p, "value": v - value[m, t, p]}
+            for (m, t, q), v in value.items() if q == "study"
+            for p in protocols if p != "study" and (m, t, p) in value]
 
 
 def copies_in_study_split(runs, study_kwargs: dict) -> tuple[str, dict | None]:

@@ -506,7 +506,8 @@ def run_study(workdir: str, *, data: str = "synthetic", protocol: str = "study",
         writers.write_json(json_path, {"runs": {**previous, **records}, "setting": setting,
                                        "paired": paired,
                                        "last_call_seconds": round(seconds, 1)})
-    return {"rows": rows, "paired": paired, "runs": ran, "notes": notes, "seconds": seconds}
+    return {"rows": rows, "floor": floor, "paired": paired, "runs": ran, "notes": notes,
+            "seconds": seconds}
 
 
 def prepare(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
