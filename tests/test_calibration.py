@@ -139,3 +139,22 @@ def test_calibration_section_writes_the_diagram_and_table(tmp_path):
     report.append_sections(str(tmp_path), [md])
     text = (tmp_path / "report.md").read_text()
     assert text.startswith("# run\n") and "## Calibration (test)" in text
+
+
+def test_ece_interval_resamples_persons_and_holds_the_ece():
+    rng = np.random.default_rng(4)
+    n, subjects = 600, np.repeat(np.arange(60), 10)
+    logits = rng.normal(size=(n, 3)) * 2
+    labels = np.where(rng.random(n) < 0.6, logits.argmax(-1), rng.integers(0, 3, n))
+    probs = calibration.softmax(logits)
+    ece = calibration.expected_calibration_error(probs, labels)
+    low, high = calibration.ece_interval(probs, labels, subjects, num_samples=500)
+    assert low < ece < high and high - low < 0.2
+    # Persons whose images are all right or all wrong: resampling persons, not images,
+    # gives the wider interval that such dependent images call for.
+    person_right = rng.random(60) < 0.6
+    labels = np.where(np.repeat(person_right, 10), logits.argmax(-1),
+                      (logits.argmax(-1) + 1) % 3)
+    by_person = calibration.ece_interval(probs, labels, subjects, num_samples=500)
+    by_image = calibration.ece_interval(probs, labels, np.arange(n), num_samples=500)
+    assert by_person[1] - by_person[0] > 1.2 * (by_image[1] - by_image[0])

@@ -106,6 +106,36 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray,
     return float((bins["count"][filled] * gaps).sum() / n)
 
 
+def ece_interval(probs: np.ndarray, labels: np.ndarray, subject_ids: np.ndarray,
+                 num_bins: int = 15, *, num_samples: int = 1000, seed: int = 0,
+                 confidence: float = 0.95) -> tuple[float, float]:
+    """A percentile interval of `expected_calibration_error` from a bootstrap over persons
+    (as `bootstrap.person_bootstrap`: every image of a drawn person, twice if drawn twice).
+
+    Vectorised: a bin's weighted gap is |sum of correct - sum of confidence| over its
+    images, so per-person sums per bin, int or float[P, K], times the samples' draw counts
+    give every sample's ECE at once.
+    """
+    probs, labels = _check_probs_labels(probs, labels)
+    top = probs.max(-1)
+    correct = (probs.argmax(-1) == labels).astype(np.float64)
+    index = np.clip(np.ceil(top * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
+    persons, person = np.unique(np.asarray(subject_ids), return_inverse=True)
+    p = len(persons)
+    cell = person * num_bins + index
+
+    def per_person(weights):
+        return np.bincount(cell, weights, minlength=p * num_bins).reshape(p, num_bins)
+
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(p, np.full(p, 1.0 / p), size=num_samples)  # int64[S, P]
+    gaps = np.abs(counts @ per_person(correct) - counts @ per_person(top)).sum(-1)
+    n = counts @ per_person(np.ones_like(top)).sum(-1)
+    tails = 100 * np.array([(1 - confidence) / 2, (1 + confidence) / 2])
+    low, high = np.percentile(gaps / n, tails)
+    return float(low), float(high)
+
+
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray,
                             temperature: float = 1.0) -> float:
     """Mean cross-entropy of ``logits / temperature`` against ``labels`` (nats)."""
@@ -187,7 +217,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, *,
 def calibrate_tasks(fit_logits: Mapping[str, np.ndarray], fit_labels: Mapping[str, np.ndarray],
                     eval_logits: Mapping[str, np.ndarray], eval_labels: Mapping[str, np.ndarray],
                     *, num_bins: int = 15,
-                    bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> dict[str, dict]:
+                    bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+                    eval_subjects: Mapping[str, np.ndarray] | None = None,
+                    seed: int = 0) -> dict[str, dict]:
     """Per task: a temperature fitted on one set, ECE and NLL before and after on another.
 
     Args:
@@ -197,12 +229,15 @@ def calibrate_tasks(fit_logits: Mapping[str, np.ndarray], fit_labels: Mapping[st
         where it is judged.
       num_bins: ECE bins.
       bounds: allowed temperatures.
+      eval_subjects: {task: int[N]}, the person of each evaluation image: the ECEs then
+        get 95% intervals by person (`ece_interval`, seeded by ``seed``).
 
     Returns:
       {task: {"n", "temperature", "at_bound", "ece", "ece_scaled", "nll", "nll_scaled",
       "reliability", "reliability_scaled"}}: ECE and NLL on the evaluation set at T = 1
       and at the fitted T; the two reliability entries are `reliability_bins` (numpy
-      arrays: drop or convert them before writing JSON).
+      arrays: drop or convert them before writing JSON); with ``eval_subjects``, also
+      "ece_interval" and "ece_scaled_interval" ([low, high]).
 
     Raises:
       KeyError: a task of ``eval_logits`` missing from another mapping.
@@ -227,6 +262,10 @@ def calibrate_tasks(fit_logits: Mapping[str, np.ndarray], fit_labels: Mapping[st
             "reliability": reliability_bins(probs, y, num_bins),
             "reliability_scaled": reliability_bins(probs_scaled, y, num_bins),
         }
+        if eval_subjects is not None:
+            for key, p in (("ece_interval", probs), ("ece_scaled_interval", probs_scaled)):
+                out[task][key] = list(ece_interval(p, y, eval_subjects[task], num_bins,
+                                                   seed=seed))
     return out
 
 

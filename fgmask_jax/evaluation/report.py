@@ -122,9 +122,13 @@ def format_calibration(results: dict[str, dict]) -> str:
     """Markdown table of `calibration.calibrate_tasks` output."""
     lines = ["| task | n | temperature | ECE | ECE scaled | NLL | NLL scaled |",
              "|---|---:|---:|---:|---:|---:|---:|"]
+    def ece(r, key):
+        bounds = r.get(f"{key}_interval")
+        return f"{r[key]:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
+
     for task, r in results.items():
         t = f"{r['temperature']:.3f}" + (" (bound)" if r.get("at_bound") else "")
-        lines.append(f"| {task} | {r['n']} | {t} | {r['ece']:.3f} | {r['ece_scaled']:.3f} | "
+        lines.append(f"| {task} | {r['n']} | {t} | {ece(r, 'ece')} | {ece(r, 'ece_scaled')} | "
                      f"{r['nll']:.3f} | {r['nll_scaled']:.3f} |")
     return "\n".join(lines)
 
@@ -140,7 +144,8 @@ def calibration_section(workdir: str, results: dict[str, dict], split: str = "te
         f"Expected calibration error (top label, {num_bins} equal-width bins) at T = 1 and after "
         f"dividing the logits by a temperature T fitted on the {fitted_on} subset "
         "(minimum NLL). Temperature scaling does not change any prediction or accuracy. "
-        "\"(bound)\": the NLL was still falling at the edge of the allowed range.", "",
+        "\"(bound)\": the NLL was still falling at the edge of the allowed range. ECE's "
+        "intervals: 95%, by person.", "",
         format_calibration(results), "", f"![{split} reliability]({name})", ""])
 
 

@@ -152,7 +152,9 @@ def test(steps: Steps, state, trained: Trained, config, workdir: str, test_sourc
 
     calibration = calibration_lib.calibrate_tasks(
         by_task(val_out, "logits"), by_task(val_out, "label"),
-        by_task(test_out, "logits"), by_task(test_out, "label"))
+        by_task(test_out, "logits"), by_task(test_out, "label"),
+        eval_subjects={t: test_out["subject_id"] for t in config.tasks},
+        seed=config.split_seed)
     tested = test_out["index"]  # the tables are assembled by dataset index
     if not np.array_equal(tested, np.sort(test_indices)):
         raise RuntimeError(f"the test pass evaluated {len(tested)} images, not the "
