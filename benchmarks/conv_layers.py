@@ -2,10 +2,11 @@
 beside PyTorch.
 
   pip install -e '.[bench]'   # torch, for the peer
-  python benchmarks/conv_layers.py --model=resnet18 --size=112 --batch=32
+  python benchmarks/conv_layers.py --model=resnet18 --size=112 --batch=32 [--kernels=xla]
 
-Records each conv the model runs (our `models.layers.Conv`, as in the train step: 1x1
-and small-map convs as one matrix product, the others as XLA's convolution) by flax's
+Records each conv the model runs (our `models.layers.Conv`, as in the train step; with the
+"cpu" kernels 1x1 and small-map convs as one matrix product, the others as XLA's
+convolution with a per-tap kernel gradient; with "xla" all as XLA's convolution) by flax's
 method interception, then times each distinct shape alone. JAX jits the conv's output
 and its gradients with respect to input and kernel (what a train step needs of it);
 PyTorch runs `torch.nn.functional.conv2d` on channels_last tensors, forward and
@@ -34,6 +35,8 @@ _SIZE = flags.DEFINE_integer("size", 112, "Input side in pixels.")
 _BATCH = flags.DEFINE_integer("batch", 32, "Batch size.")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per shape (after one warm-up).")
 _PEER = flags.DEFINE_bool("peer", True, "Also time PyTorch (needs torch).")
+_KERNELS = flags.DEFINE_enum("kernels", "auto", list(config_lib.KERNELS),
+                             "Conv kernels (config.kernels): auto is cpu on a CPU backend.")
 
 # (input H, W, C_in, C_out, kernel, stride, padding ("SAME", "VALID" or ((top, bottom),
 # (left, right))), needs the input's gradient)
@@ -45,6 +48,7 @@ def conv_shapes(model_name: str, size: int) -> collections.Counter[Shape]:
     config = config_lib.neural_config(f"model={model_name},size={size}",
                                       tasks=("age_group", "gender", "expression"))
     config.dtype = "float32"
+    config.kernels = _KERNELS.value
     model = runs.make_model(config)
     x = jnp.zeros((1, size, size, 3), jnp.float32)
     shapes: collections.Counter[Shape] = collections.Counter()
@@ -74,7 +78,8 @@ def _seconds(fn, repeats: int) -> float:
 
 def time_jax(shape: Shape, batch: int, repeats: int) -> float:
     h, w, c, features, kernel, strides, padding, input_grad = shape
-    conv = models.Conv(features, kernel, strides, padding, use_bias=False)
+    conv = models.Conv(features, kernel, strides, padding, use_bias=False,
+                       kernels=models.resolve_kernels(_KERNELS.value))
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((batch, h, w, c)), jnp.float32)
     params = conv.init(jax.random.key(0), x)
@@ -125,7 +130,8 @@ def main(argv):
     shapes = conv_shapes(_MODEL.value, _SIZE.value)
     print(f"{_MODEL.value} at {_SIZE.value} px, batch {_BATCH.value}: {sum(shapes.values())} "
           f"convs of {len(shapes)} shapes; JAX on {jax.device_count()} x "
-          f"{jax.devices()[0].device_kind}; ms per conv, forward and backward")
+          f"{jax.devices()[0].device_kind}, kernels {models.resolve_kernels(_KERNELS.value)}; "
+          "ms per conv, forward and backward")
     print(f"{'in map':>8} {'c_in':>5} {'c_out':>5} {'kernel':>7} {'stride':>6} {'count':>5} "
           f"{'JAX ms':>8} {'torch ms':>9} {'ratio':>6}")
     total_jax = total_torch = 0.0

@@ -2,13 +2,15 @@
 
   pip install -e '.[bench]'   # torch and torchvision, for the peer
   python benchmarks/train_step.py --models=resnet18,resnet50 --sizes=64,112 --batch_sizes=32
+  python benchmarks/train_step.py --models=resnet18 --sizes=64 --nopeer --kernels=xla
 
 Both sides run one optimiser step of a multi-task model (trunk + one linear head per task,
 cross-entropy per task, SGD with Nesterov momentum, weight decay) on random uint8 images,
 normalised inside the step; augmentation is off on both sides. JAX runs our real
 `train.train_step`, jitted over every local device; PyTorch runs torchvision's model of the
 same architecture (channels_last, bfloat16 autocast on CUDA with --dtype=bfloat16). The ratio
-is JAX images/s over PyTorch images/s: above 1, ours is faster.
+is JAX images/s over PyTorch images/s: above 1, ours is faster. --kernels forces the conv and
+max-pool kernels (config.kernels): auto is cpu on a CPU backend, xla elsewhere.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from fgmask_jax import config_lib, runs, train
+from fgmask_jax import config_lib, models, runs, train
 
 _MODELS = flags.DEFINE_list("models", ["cnn", "resnet18", "resnet50", "resnet152"], "Models.")
 _SIZES = flags.DEFINE_list("sizes", ["64", "112"], "Input sides in pixels.")
@@ -28,6 +30,9 @@ _BATCHES = flags.DEFINE_list("batch_sizes", ["32"], "Global batch sizes.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per row (after 2 warm-up steps).")
 _DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
                            "Compute dtype: auto is bfloat16 on accelerators, float32 on CPU.")
+_KERNELS = flags.DEFINE_enum("kernels", "auto", list(config_lib.KERNELS),
+                              "Conv and max-pool kernels (config.kernels): auto is cpu on a CPU "
+                              "backend, xla elsewhere.")
 _PEER = flags.DEFINE_bool("peer", True, "Also time PyTorch (needs torch and torchvision).")
 _FREEZE = flags.DEFINE_string("freeze", "", "Trunk parts frozen in a second table of JAX rows "
                               "(e.g. stem,layer1,layer2: the study's recipe), each beside "
@@ -47,6 +52,7 @@ def random_batch(batch: int, size: int) -> dict[str, np.ndarray]:
 def time_jax(model: str, size: int, batch: int, freeze: str = "") -> float:
     c = config_lib.neural_config(f"model={model},size={size}", tasks=tuple(TASKS))
     c.batch_size, c.dtype, c.warmup_epochs, c.freeze = batch, _DTYPE.value, 0.0, freeze
+    c.kernels = _KERNELS.value
     c.augment.update(flip=False, min_scale=1.0, color_jitter=0.0)
     tx, _ = train.make_optimizer(c, steps_per_epoch=100, total_steps=1000)
     steps = train.Steps(runs.make_model(c), tx, c, train.make_mesh())
@@ -123,7 +129,9 @@ def time_torch(model: str, size: int, batch: int) -> float:
 def main(argv):
     del argv
     device = jax.devices()[0].device_kind
-    print(f"JAX on {jax.device_count()} x {device}; {_STEPS.value} timed steps per row")
+    kernels = models.resolve_kernels(_KERNELS.value)
+    print(f"JAX on {jax.device_count()} x {device}; {_STEPS.value} timed steps per row; "
+          f"kernels={_KERNELS.value} ({kernels})")
     print(f"{'model':<10} {'size':>5} {'batch':>6} {'JAX img/s':>10} {'torch img/s':>12} "
           f"{'ratio':>6}")
     for model in _MODELS.value:

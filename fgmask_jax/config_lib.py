@@ -26,6 +26,7 @@ TFDS_NAMES = tuple(sorted({name.split("/", 1)[0] for name in DATASETS.values()})
 PAIRED_DATA = ("synthetic_paired", "fgnet_paired")
 PROTOCOLS = ("study", "subject", "photo", "lopo")
 OPTIMIZERS = ("sgd", "adamw")
+KERNELS = ("auto", "cpu", "xla")  # config.kernels; fgmask_jax.models.layers describes them
 RECIPES = ("default", "study")
 LR_SCHEDULES = ("cosine", "constant")
 SELECTION_METRICS = ("loss", "accuracy")
@@ -144,6 +145,9 @@ def _model_fields(c: ml_collections.ConfigDict, v: ml_collections.ConfigDict,
         c.head_depths = {"age_group": 3, "gender": 2, "expression": 1}
     c.dropout = 0.0
     c.dtype = "auto"  # bfloat16 on accelerators, float32 on CPU
+    # Conv and max-pool kernels: "auto" is "cpu" (fast paths for XLA:CPU) on a CPU backend and
+    # "xla" (XLA's own, jax.jvp-able) elsewhere; either can be forced. Same weights in both.
+    c.kernels = "auto"
 
     c.loss_weights = {t: 1.0 for t in tasks}
     c.uncertainty_weighting = False  # Kendall et al. 2018: learn a weight per task
@@ -296,6 +300,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check("optimizer", OPTIMIZERS)
     check("early_stopping_metric", SELECTION_METRICS)
     check("lr_schedule", LR_SCHEDULES)
+    if config.get("kernels", "auto") not in KERNELS:  # absent (older runs' configs): auto
+        raise ConfigError(f"config.kernels={config.kernels!r} is not one of: "
+                          f"{', '.join(KERNELS)}")
     from fgmask_jax import models  # imports JAX: only once a run starts
     from fgmask_jax.models import pretrained
 

@@ -37,8 +37,14 @@ def num_classes(config) -> dict[str, int]:
     return {t: len(labels_lib.TASKS[t]) for t in config.tasks}
 
 
-def make_model(config):
-    """The Flax model ``config`` describes (trunk, heads, dtype, frozen BatchNorm parts)."""
+def make_model(config, platforms: tuple[str, ...] | None = None):
+    """The Flax model ``config`` describes (trunk, heads, dtype, frozen BatchNorm parts,
+    kernels).
+
+    ``config.kernels`` ("auto" when absent, as in older runs' configs) is resolved here,
+    once, for ``platforms`` (None: this process's default backend; an export names its
+    targets): "auto" is "cpu" when they are all CPU, else "xla".
+    """
     return models.create_model(
         config.model,
         num_classes(config),
@@ -47,6 +53,7 @@ def make_model(config):
         head_depths=dict(config.head_depths) if config.head_depths else None,
         dropout=config.dropout,
         frozen=models.frozen_parts(config.model, config.get("freeze", "")),
+        kernels=models.resolve_kernels(config.get("kernels", "auto"), platforms),
     )
 
 

@@ -39,8 +39,10 @@ def export_run(workdir: str, out: str, *, fold: int | None = None,
 
     run = runs.load(workdir, fold)
     config = run.config
-    fn = probabilities_fn(runs.make_model(config), runs.compute_dtype(config),
-                          run.temperatures)
+    # The kernels of the platforms the artifact targets (XLA's own unless it is for CPU
+    # alone), not of the host that exports it.
+    fn = probabilities_fn(runs.make_model(config, platforms=platforms),
+                          runs.compute_dtype(config), run.temperatures)
     variables = jax.tree.map(np.asarray, run.variables)  # constants of the artifact
     (batch,) = export.symbolic_shape("batch")
     size = config.image_size
@@ -109,8 +111,9 @@ def export_onnx(workdir: str, out: str, *, fold: int | None = None) -> str:
 
     run = runs.load(workdir, fold)
     config = run.config
-    # float32 whatever the run's dtype: ONNX runtimes rarely run bfloat16 convolutions.
-    config.dtype = "float32"
+    # float32 whatever the run's dtype: ONNX runtimes rarely run bfloat16 convolutions; and
+    # XLA's own conv and max-pool, which become ONNX's Conv and MaxPool.
+    config.dtype, config.kernels = "float32", "xla"
     fn = probabilities_fn(runs.make_model(config), np.float32, run.temperatures)
     variables = jax.tree.map(np.asarray, run.variables)  # the model's initializers
     (batch,) = export.symbolic_shape("batch")

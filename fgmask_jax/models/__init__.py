@@ -5,7 +5,9 @@
     logits = model.apply(variables, x, train=False)  # {task: float32[B, classes]}
     fc7 = model.apply(variables, x, method="features")  # top trunk features, float32[B, D]
 
-Parameters are {"trunk": ..., "heads": {task: ...}}; ResNets add "batch_stats".
+Parameters are {"trunk": ..., "heads": {task: ...}}; ResNets add "batch_stats". The
+convs and max-pools run the "cpu" or "xla" kernels (`layers`), chosen when the model is
+built (`kernels="auto"`: by the default backend); parameters are the same in both.
 """
 
 import re
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 from fgmask_jax.models import vgg as vgg_lib
 from fgmask_jax.models.cnn import SmallCNN
 from fgmask_jax.models.heads import MultiTaskModel, TaskHead, TaskHeads
-from fgmask_jax.models.layers import Conv, conv_as_matmul
+from fgmask_jax.models.layers import KERNELS, Conv, conv_as_matmul, resolve_kernels
 from fgmask_jax.models.resnet import (
     ResNet,
     ResNet18,
@@ -45,6 +47,7 @@ CNN_LEVELS = (1, 2, 3)
 
 __all__ = [
     "CNN_LEVELS",
+    "KERNELS",
     "MODELS",
     "Conv",
     "MultiTaskModel",
@@ -58,12 +61,13 @@ __all__ = [
     "create_trunk",
     "frozen_parts",
     "part_of",
+    "resolve_kernels",
     "trunk_parts",
 ]
 
 
 def create_trunk(name: str, *, dtype: jnp.dtype = jnp.float32,
-                 frozen: Sequence[str] = ()) -> nn.Module:
+                 frozen: Sequence[str] = (), kernels: str = "auto") -> nn.Module:
     """The feature extractor alone: images float[B, H, W, 3] -> features.
 
     ResNets give float[B, D] (D = 512 for 18/34, 2048 for 50+, 8 for resnet_tiny),
@@ -72,15 +76,18 @@ def create_trunk(name: str, *, dtype: jnp.dtype = jnp.float32,
 
     ``frozen``: ResNet parts (see `trunk_parts`) whose BatchNorm layers keep
     their running statistics while training; other trunks have no BatchNorm.
+    ``kernels``: "cpu", "xla" or "auto" ("cpu" on a CPU backend, else "xla"); see
+    `layers.resolve_kernels`. The variables are the same whichever runs.
 
     Raises:
-      ValueError: `name` is not one of MODELS.
+      ValueError: `name` is not one of MODELS, or `kernels` not auto, cpu or xla.
     """
     if name not in _TRUNKS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    options = {"dtype": dtype, "kernels": resolve_kernels(kernels)}
     if frozen and name.startswith("resnet"):
-        return _TRUNKS[name](dtype=dtype, frozen=tuple(frozen))
-    return _TRUNKS[name](dtype=dtype)
+        options["frozen"] = tuple(frozen)
+    return _TRUNKS[name](**options)
 
 
 def create_model(
@@ -92,6 +99,7 @@ def create_model(
     head_depths: Mapping[str, int] | None = None,
     dropout: float = 0.0,
     frozen: Sequence[str] = (),
+    kernels: str = "auto",
 ) -> MultiTaskModel:
     """A trunk with one classification head per task.
 
@@ -107,16 +115,18 @@ def create_model(
         study: {"age_group": 3, "gender": 2, "expression": 1}); None: all read conv3.
       dropout: dropout rate after each head's hidden layer.
       frozen: trunk parts that are not trained (BatchNorm keeps its statistics there).
+      kernels: the trunk's conv and max-pool kernels, "cpu" or "xla"; "auto": "cpu" on a
+        CPU default backend, else "xla" (`layers.resolve_kernels`). Same variables in both.
 
     Returns:
       A module whose apply(variables, x: float[B, H, W, 3], train=...) gives
       {task: float32[B, classes]}.
 
     Raises:
-      ValueError: an unknown model name, no tasks, a task with fewer than one
-        class, or head_depths that are not levels 1..3 of known tasks on "cnn".
+      ValueError: an unknown model name or kernels, no tasks, a task with fewer than
+        one class, or head_depths that are not levels 1..3 of known tasks on "cnn".
     """
-    trunk = create_trunk(name, dtype=dtype, frozen=frozen)
+    trunk = create_trunk(name, dtype=dtype, frozen=frozen, kernels=kernels)
     if not tasks:
         raise ValueError("tasks is empty; give at least one task name -> number of classes")
     for task, num_classes in tasks.items():

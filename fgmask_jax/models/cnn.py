@@ -18,11 +18,16 @@ class SmallCNN(nn.Module):
     feature is the global max over its activation map, taken before that
     level's pool, so the multi-task model can hang a head on any level.
 
+    Attributes:
+      dtype: computation dtype; parameters stay float32.
+      kernels: "cpu" or "xla", for the convs and max-pools (see `layers`).
+
     Returns:
       (float[B, 10], float[B, 20], float[B, 30]) in `dtype`: levels 1, 2, 3.
     """
 
     dtype: jnp.dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:
@@ -30,13 +35,14 @@ class SmallCNN(nn.Module):
         levels = []
         for i, filters in enumerate(FILTERS):
             if i > 0:
-                x = max_pool(x, (2, 2), (2, 2))
+                x = max_pool(x, (2, 2), (2, 2), kernels=self.kernels)
             conv = Conv(
                 filters,
                 (3, 3),
                 padding="SAME",
                 dtype=self.dtype,
                 kernel_init=nn.initializers.glorot_uniform(),
+                kernels=self.kernels,
                 name=f"conv{i + 1}",
             )
             x = nn.elu(conv(x))

@@ -87,7 +87,9 @@ class ResNet(nn.Module):
       block_cls: BasicBlock or Bottleneck.
       num_filters: filters of the stem and the first stage.
       dtype: computation dtype; parameters stay float32.
-      small_map_pixels: see `layers.Conv`; 0 runs every conv natively.
+      kernels: "cpu" or "xla", for every conv and the max-pool (see `layers`); the
+        parameters do not depend on it.
+      small_map_pixels: see `layers.Conv` (kernels="cpu"); 0 runs every conv natively.
       frozen: parts ("stem", "layer1".."layer4") that are not trained: their
         BatchNorm layers normalise with, and keep, their running statistics.
     """
@@ -96,6 +98,7 @@ class ResNet(nn.Module):
     block_cls: type[nn.Module]
     num_filters: int = 64
     dtype: jnp.dtype = jnp.float32
+    kernels: str = "xla"
     small_map_pixels: int = SMALL_MAP_PIXELS
     frozen: Sequence[str] = ()
 
@@ -106,6 +109,7 @@ class ResNet(nn.Module):
             use_bias=False,
             dtype=self.dtype,
             kernel_init=conv_kernel_init,
+            kernels=self.kernels,
             small_map_pixels=self.small_map_pixels,
         )
         def norm_of(part: str):
@@ -119,7 +123,7 @@ class ResNet(nn.Module):
 
         x = conv(self.num_filters, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv1")(x)
         x = nn.relu(norm_of("stem")(name="bn1")(x))
-        x = max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)), kernels=self.kernels)
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
                 x = self.block_cls(

@@ -60,10 +60,12 @@ class VGG16(nn.Module):
     Attributes:
       dropout: rate of the dropouts after fc6 and fc7 (torchvision's 0.5).
       dtype: computation dtype; parameters stay float32.
+      kernels: "cpu" or "xla", for the convs and max-pools (see `layers`).
     """
 
     dropout: float = 0.5
     dtype: jnp.dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -77,10 +79,11 @@ class VGG16(nn.Module):
                     padding=((1, 1), (1, 1)),
                     dtype=self.dtype,
                     kernel_init=conv_init,
+                    kernels=self.kernels,
                     name=f"conv{b + 1}_{c + 1}",
                 )(x)
                 x = nn.relu(x)
-            x = max_pool(x, (2, 2), (2, 2))
+            x = max_pool(x, (2, 2), (2, 2), kernels=self.kernels)
         x = PooledDense(FC_UNITS, dtype=self.dtype, name="fc6")(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x))
         x = nn.Dense(FC_UNITS, dtype=self.dtype, kernel_init=nn.initializers.normal(0.01),
