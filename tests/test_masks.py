@@ -328,7 +328,7 @@ def write_photo_folder(root):
 @pytest.mark.parametrize("args, message", [
     (["--images=nope", "--pts=nope"], "nope: no such folder"),
     (["--images=.", "--pts=.", "--kinds=paper"], "kinds ['paper']: each must be one of"),
-    (["--images=nope"], "flag --pts=None"),
+    (["--images=nope"], "--pts is required: Folder of 68-point .pts landmark files"),
 ])
 def test_apply_command_mistakes_are_one_line_and_exit_2(tmp_path, args, message):
     result = subprocess.run([sys.executable, "-m", "fgmask_jax.masks.apply", *args, "--out=o"],
