@@ -161,7 +161,9 @@ def create_model(
 
 def trunk_parts(model: str) -> tuple[str, ...]:
     """The part names `freeze` may use for `model`, in input-to-output order."""
-    trunk = create_trunk(model)
+    # Its structure only: kernels named, so that no backend is asked for (a cluster's
+    # processes must not start one before they join: fgmask_jax.distributed).
+    trunk = create_trunk(model, kernels="xla")
     if isinstance(trunk, ResNet):
         return ("stem", *(f"layer{i + 1}" for i in range(len(trunk.stage_sizes))))
     if model == "vgg16":
