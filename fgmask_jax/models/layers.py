@@ -274,7 +274,7 @@ def max_pool(
     if not isinstance(padding, str):
         padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     if kernels == "xla":
-        return nn.max_pool(x, tuple(window), strides=tuple(strides), padding=padding)
+        return nn.max_pool(x, window_shape=tuple(window), strides=tuple(strides), padding=padding)
     return _max_pool(x, tuple(window), tuple(strides), padding)
 
 
