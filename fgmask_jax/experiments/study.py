@@ -4,30 +4,36 @@ and compared with confidence intervals by person.
     out = run_study(workdir, data="synthetic", protocol="study", runlocal=True)
 
 `plan` names the runs (one per method, one per task for the single-task methods),
-`make_config` resolves each run's config, `run_study` runs the runs whose folder holds no
-``results.json`` yet and writes ``study.md``, ``study.csv``, ``study.png`` and
-``study.json`` (`evaluation.tables`); `summarize_run` reads one finished run back, with
-intervals from a bootstrap over persons when its per-image predictions are there.
+`make_config` (`configs`) resolves each run's config, `run_study` runs the runs whose folder
+holds no ``results.json`` yet and writes ``study.md``, ``study.csv``, ``study.png`` and
+``study.json`` (`evaluation.tables`); `summarize_run` (`scores`) reads one finished run
+back, with intervals from a bootstrap over persons when its per-image predictions are there.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import time
 
-import ml_collections
-import numpy as np
 from absl import logging
 
 from fgmask_jax import config_lib, errors, workdir_lock
 from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.evaluation import bootstrap, tables
-from fgmask_jax.evaluation import metrics as metrics_lib
 from fgmask_jax.experiments import method as method_lib
+from fgmask_jax.experiments.configs import (  # noqa: F401 - the study's API
+    apply_overrides,
+    describe,
+    make_config,
+    parse_overrides,
+)
 from fgmask_jax.experiments.method import is_neural
+from fgmask_jax.experiments.scores import (  # noqa: F401 - the study's API
+    correct_by_seed,
+    load_predictions,
+    summarize_run,
+)
 
 CONFIGS_DIR = config_lib.CONFIGS_DIR
 TASKS = tuple(labels_lib.TASKS)
@@ -181,217 +187,7 @@ def by_method(runs) -> dict[tuple[str, str | None], list[Run]]:
     return groups
 
 
-# --- configs --------------------------------------------------------------------------
-
-
-def parse_overrides(items) -> list[tuple[str, str]]:
-    """``--neural_override`` values ``KEY=VALUE`` as (key, value) pairs.
-
-    Raises:
-      errors.ConfigError: an item without ``=``.
-    """
-    overrides = []
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise errors.ConfigError(f"--neural_override={item!r}: use KEY=VALUE")
-        overrides.append((key.strip(), value))
-    return overrides
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides) -> None:
-    """Sets ``key=value`` pairs (dotted keys; values converted to the field's type).
-
-    Raises:
-      errors.ConfigError: a key the config does not have (the message lists the valid
-        keys), or a value that does not convert to its field's type.
-    """
-    items = overrides.items() if isinstance(overrides, dict) else overrides
-    keys = config_lib.leaf_keys(config)
-    for key, value in items:
-        if key not in keys:
-            raise errors.ConfigError(
-                f"config has no key {key!r}; valid keys: {', '.join(keys)}")
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        try:
-            node[leaf] = _converted(node, leaf, value)
-        except (TypeError, ValueError) as e:
-            raise errors.ConfigError(f"{key}={value!r}: {e}") from None
-
-
-def _converted(node: ml_collections.ConfigDict, leaf: str, value):
-    """``value`` in the type of the field ``node[leaf]`` (a string parsed, an int widened)."""
-    old = node[leaf]
-    kind = type(old) if old is not None else node.get_ref(leaf).get_type()  # None: auto
-    if isinstance(value, str) and kind is not str:
-        if kind is bool:
-            return value.lower() in ("1", "true", "yes")
-        if kind in (int, float):
-            return kind(value)  # int("2.5") fails: no silent rounding
-    elif isinstance(old, float) and isinstance(value, int):
-        return float(value)
-    return value
-
-
-def make_config(run: Run, *, dataset: str = "", data_dir: str = "", manual_dir: str = "",
-                neural_overrides=None, lopo_folds: int = 0) -> ml_collections.ConfigDict:
-    """The resolved config of one run: its config file, the study's shortening, the options.
-
-    ``dataset`` (e.g. ``synthetic_masked_faces/small``) replaces the config's dataset;
-    ``neural_overrides`` ({key: value}) applies to the neural runs after the study's own;
-    ``lopo_folds``: under protocol=lopo, the folds of persons of every run, so that all
-    methods are tested on the same folds; 0 -> the neural configs' default (10, or 5
-    under runlocal), where a classical config alone would take one fold per person.
-    """
-    config = config_lib.load(run.spec)
-    apply_overrides(config, run.overrides)
-    if config.protocol == "lopo":
-        config.lopo_folds = lopo_folds or config_lib.neural_config(
-            "runlocal" if config.runlocal else "", tasks=TASKS).lopo_folds
-    if is_neural(config) and neural_overrides:
-        apply_overrides(config, neural_overrides)
-    if run.seed:  # the run's training seed, counted from the config's (0 unless overridden)
-        config.seed += run.seed
-    if dataset:
-        config.dataset = dataset
-    if data_dir:
-        config.data_dir = data_dir
-    if manual_dir:
-        config.manual_dir = manual_dir
-    return config
-
-
-def describe(config) -> str:
-    """What ran, in words: 'VGG-16 trained end to end at 32 px, 1 epoch' and the like."""
-    if not is_neural(config):
-        from fgmask_jax.baselines import run as run_lib
-
-        return f"{run_lib.describe(config)}; images at {config.image_size} px" + _folds(config)
-    length = (f"{config.num_train_steps} steps" if config.num_train_steps
-              else f"{config.num_epochs:g} epochs")
-    model = "VGG-16 trained end to end (no VGG-Face weights)" if config.model == "vgg16" \
-        else config.model
-    return (f"{model} at {config.image_size} px, {length} of batch {config.batch_size}"
-            + _folds(config))
-
-
-def _folds(config) -> str:
-    if config.protocol != "lopo":
-        return ""
-    return ("; one fold per person" if not config.lopo_folds
-            else f"; {config.lopo_folds} folds of persons")
-
-
 # --- reading a run --------------------------------------------------------------------
-
-
-def load_predictions(folder: str, tasks) -> dict[str, np.ndarray] | None:
-    """predictions.npz of a run: {subject_id, label_<task>, pred_<task>: int[N]}, or None.
-
-    Raises:
-      errors.DataError: the file lacks an array a task needs, or arrays differ in length.
-    """
-    path = os.path.join(folder, "predictions.npz")
-    if not os.path.exists(path):
-        return None
-    with np.load(path) as f:
-        arrays = {k: np.asarray(f[k]) for k in f.files}
-    needed = ["subject_id", *(f"{p}_{t}" for t in tasks for p in ("label", "pred"))]
-    missing = [k for k in needed if k not in arrays]
-    if missing:
-        raise errors.DataError(
-            f"{path} lacks {', '.join(missing)} (it has {', '.join(arrays)})")
-    lengths = {len(arrays[k]) for k in needed}
-    if len(lengths) != 1:
-        raise errors.DataError(f"{path}: arrays of different lengths {sorted(lengths)}")
-    return arrays
-
-
-def summarize_run(folders: str | list[str], tasks, *, num_samples: int = 1000,
-                  seed: int = 0) -> dict:
-    """{task: {metric: {value, low, high, sd}, n, persons, seeds, majority_rate}} and a
-    note, of one run or of the runs of one method with several training seeds (the same
-    test images).
-
-    Point values come from the per-image predictions when present (each seed's must equal
-    its ``results.json``; with seeds, their mean), intervals from
-    `bootstrap.person_bootstrap` (persons, and seeds when there are several); without
-    predictions, values are the mean of the results.json files and low/high are nan.
-
-    Returns:
-      {"tasks": {task: ...}, "intervals": bool, "note": str or None}.
-
-    Raises:
-      errors.DataError: predictions.npz and results.json from different runs, or seeds
-        whose predictions are not of the same images.
-    """
-    folders = [folders] if isinstance(folders, str) else list(folders)
-    results = []
-    for folder in folders:
-        with open(os.path.join(folder, "results.json")) as f:
-            results.append(json.load(f)["test"])
-    predictions = [load_predictions(folder, tasks) for folder in folders]
-    complete = all(p is not None for p in predictions)
-    if complete:
-        _check_same_images(folders, predictions, tasks)
-    out = {}
-    for task in tasks:
-        if not complete:
-            out[task] = {m: {"value": float(np.mean([r[task][m] for r in results])),
-                             "low": math.nan, "high": math.nan, "sd": math.nan}
-                         for m in bootstrap.METRICS}
-            r = results[0][task]
-            out[task].update(n=r["n"], persons=None, seeds=len(folders),
-                             majority_rate=r["majority_rate"])
-            continue
-        num_classes = len(labels_lib.TASKS[task])
-        for folder, p, r in zip(folders, predictions, results, strict=True):
-            mine = metrics_lib.summarize(p[f"label_{task}"], p[f"pred_{task}"], num_classes)
-            for m in bootstrap.METRICS:
-                if not math.isclose(mine[m], r[task][m], abs_tol=1e-9):
-                    raise errors.DataError(
-                        f"{folder}: predictions.npz gives {task} {m} {mine[m]:.6f} but "
-                        f"results.json {r[task][m]:.6f}: the two come from different runs; "
-                        "delete the folder to run the method again")
-        first = predictions[0]
-        b = bootstrap.person_bootstrap(
-            first[f"label_{task}"], np.stack([p[f"pred_{task}"] for p in predictions]),
-            first["subject_id"], num_classes, num_samples=num_samples, seed=seed)
-        out[task] = {m: b[m] for m in bootstrap.METRICS}
-        out[task].update(n=b["n"], persons=b["persons"], seeds=b["seeds"],
-                         majority_rate=b["majority_rate"])
-    note = None if complete else (
-        "no per-image predictions (predictions.npz) in its folder: no interval; "
-        "values from its results.json")
-    return {"tasks": out, "intervals": complete, "note": note}
-
-
-def _check_same_images(folders, predictions, tasks) -> None:
-    """Raises `errors.DataError` unless every seed's predictions are of the same images."""
-    first = predictions[0]
-    keys = ["subject_id", *(f"label_{t}" for t in tasks)]
-    for folder, p in zip(folders[1:], predictions[1:], strict=True):
-        for key in keys + (["index"] if "index" in first and "index" in p else []):
-            if not np.array_equal(p[key], first[key]):
-                raise errors.DataError(
-                    f"{folder} and {folders[0]} predicted other test images ({key} differs): "
-                    "the seeds of one method must share the split; delete the seed's folder "
-                    "to run it again")
-
-
-def correct_by_seed(workdir: str, runs, task: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(correct bool[K, N], subject_ids int[N]) of the K seeds' runs of one method on
-    ``task``, or None if one lacks its predictions."""
-    folders = [os.path.join(workdir, r.folder) for r in runs]
-    predictions = [load_predictions(f, (task,)) for f in folders]
-    if any(p is None for p in predictions):
-        return None
-    _check_same_images(folders, predictions, (task,))
-    correct = np.stack([p[f"label_{task}"] == p[f"pred_{task}"] for p in predictions])
-    return correct, predictions[0]["subject_id"]
 
 
 # The comparisons the study makes: (method, method it is set against, what it asks).
