@@ -74,16 +74,16 @@ def test_a_run_of_4_devices_stopped_by_sigterm_goes_on_with_1_or_2(small_data_di
     assert jax.device_count() == 4  # conftest: four virtual CPU devices
     real_steps, calls = train.Steps, []
 
-    class SigtermAtStep2(real_steps):  # the cluster's notice comes during step 2
-        def train(self, state, batch, signum=None):
+    class SigtermAtStep3(real_steps):  # the cluster's notice comes during step 3
+        def train(self, state, batch, signum=None, seen=None):
             calls.append(1)
-            if len(calls) == 2:
+            if len(calls) == 3:
                 os.kill(os.getpid(), signal.SIGTERM)
-            return super().train(state, batch, signum)
+            return super().train(state, batch, signum, seen)
 
-    monkeypatch.setattr(train.fit, "Steps", SigtermAtStep2)
+    monkeypatch.setattr(train.fit, "Steps", SigtermAtStep3)
     run = tmp_path / "run"
-    # Step 3 carries the signal to every process; all of them stop there.
+    # A process alone stops at the step it received the signal, with all its devices.
     with pytest.raises(signals.Interrupted, match="stopped by SIGTERM at step 3 of 6"):
         train.train_and_evaluate(tiny_config(small_data_dir), str(run))
     monkeypatch.setattr(train.fit, "Steps", real_steps)

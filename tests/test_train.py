@@ -107,11 +107,11 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(small_data_dir, tmp_pa
             super().__init__(*args, **kwargs)
             real_train, calls = self.train, []
 
-            def train_step(state, batch, signum=None):
+            def train_step(state, batch, signum=None, seen=None):
                 calls.append(1)
                 if len(calls) == 5:
                     raise _Preempted
-                return real_train(state, batch, signum)
+                return real_train(state, batch, signum, seen)
 
             self.train = train_step
 
@@ -132,13 +132,39 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(small_data_dir, tmp_pa
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_data_dir, tmp_path):
     train.train_and_evaluate(tiny_config(small_data_dir, num_train_steps=3), str(tmp_path))
-    bad = tiny_config(small_data_dir, num_train_steps=6)
+    bad = tiny_config(small_data_dir, num_train_steps=6, log_every_steps=5)
     bad.loss_weights["gender"] = float("nan")
-    with pytest.raises(FloatingPointError, match=r"at step 4; the last good checkpoint is step 3"):
+    # Found on the device at step 4, read by the host at its next log step.
+    with pytest.raises(FloatingPointError, match=r"at step 4 \(seen at step 5\); the last "
+                       "good checkpoint is step 3"):
         train.train_and_evaluate(bad, str(tmp_path))
     step, state, _ = final_state(tmp_path)
     assert step == 3
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_the_host_reads_the_device_only_at_log_validation_and_checkpoint_steps(
+        small_data_dir, tmp_path, monkeypatch):
+    calls, reads = [], []
+    real_steps = train.Steps
+
+    class CountedSteps(real_steps):
+        def train(self, *args, **kwargs):
+            calls.append(1)
+            return super().train(*args, **kwargs)
+
+    def counted(fn):
+        return lambda *args, **kwargs: (reads.append(len(calls)), fn(*args, **kwargs))[1]
+
+    monkeypatch.setattr(train.fit, "Steps", CountedSteps)
+    monkeypatch.setattr(jax, "device_get", counted(jax.device_get))
+    monkeypatch.setattr(jax, "block_until_ready", counted(jax.block_until_ready))
+    config = tiny_config(small_data_dir, num_train_steps=8, log_every_steps=4,
+                         eval_every_steps=8, checkpoint_every_steps=8)
+    train.train_and_evaluate(config, str(tmp_path))
+    assert len(calls) == 8
+    # The first step (timed), then only the log step 4 and the last step.
+    assert set(reads) - {0} == {1, 4, 8}
 
 
 def test_damaged_latest_checkpoint_falls_back_to_the_one_before(small_data_dir, tmp_path,

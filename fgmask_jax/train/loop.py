@@ -1,11 +1,12 @@
 """The training loop: steps, logging, validation and early stopping, the checkpoint
 policy, and stopping on Ctrl-C or SIGTERM with the work saved.
 
-The host runs one step ahead of its checks: a step's loss is checked for finiteness
-after the next step is dispatched, so the device stays busy while the host waits.
-A signal is handed to the next step, which gives every process the largest one
-(`Steps.train`): all processes learn it from the same step's outputs, so all of them
-save the same step and stop there.
+The host runs ahead of the device: it reads nothing from the device between the steps
+where it must sync anyway (a log, a validation or a checkpoint step, the last step).
+Each step carries forward, on the device, the first step whose loss or parameters were
+not finite and the largest signal any process received (`Steps.train`); the host reads
+both at those sync steps, so every process learns a signal from the same step, saves
+that step and stops there. A process alone stops at the step it received the signal.
 The best validation state is copied on the device and written to ``best/`` with the
 next checkpoint (on time, at the end, on early stopping or a signal), not when it
 happens, and before that checkpoint: every checkpoint's best step is in ``best/``.
@@ -14,7 +15,6 @@ happens, and before that checkpoint: every checkpoint's best step is in ``best/`
 from __future__ import annotations
 
 import dataclasses
-import math
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -88,7 +88,7 @@ class Loop:
         self.best_state = None  # a device copy of the best validation state, not yet saved
         self.last_save = time.monotonic()
         self.first_step_s = self.loop_began = None
-        self.pending = None  # (step, metrics) of the step before: checked one step late
+        self.seen = None  # the last step's scalars: what it carries forward (Steps.train)
         self.profile_dir = profile_dir
         self.profiling = False
 
@@ -138,7 +138,8 @@ class Loop:
         if step == first and self.profile_dir:
             jax.profiler.start_trace(self.profile_dir)
             self.profiling = True
-        state, scalars = self.steps.train(state, batch, self.stop.signum)
+        state, scalars = self.steps.train(state, batch, self.stop.signum, self.seen)
+        self.seen = scalars
         if step == last:
             jax.block_until_ready(scalars)
             self._profile_end()
@@ -148,10 +149,9 @@ class Loop:
             self.loop_began = time.perf_counter()
             self.first_step_s = self.loop_began - self.began
             logging.info("first step done %.1fs after the run started", self.first_step_s)
-        if self.pending is not None:
-            self._check()
-        self.pending = (step, scalars)
         last = step == self.total_steps
+        if self.stop.signum and jax.process_count() == 1:  # nobody else to agree with
+            self.signum = self.stop.signum
         if step % self.config.log_every_steps == 0 or last:
             self._log(step, scalars)
         if step % self.eval_every == 0 or last:
@@ -170,13 +170,14 @@ class Loop:
                          self.profile_dir, self.profile_dir)
 
     def _check(self) -> None:
-        """Checks the pending step (`check_finite`) and takes in the stop it carries."""
-        self.signum = check_finite(*self.pending, self.ckpt) or self.signum
+        """Checks the steps so far (`check_finite`) and takes in the stop they carry."""
+        self.signum = check_finite(self.reached, self.seen, self.ckpt) or self.signum
 
     def _log(self, step: int, scalars: dict) -> None:
         self._check()
         self.ckpt.check()
-        values = jax.device_get(scalars)
+        values = jax.device_get({k: v for k, v in scalars.items()
+                                 if k not in ("stop", "bad_step")})
         dt = time.perf_counter() - self.t0
         rate = (step - self.n0) * self.config.batch_size / max(dt, 1e-9)
         eta = (self.total_steps - step) * self.config.batch_size / max(rate, 1e-9)
@@ -270,16 +271,15 @@ def agreed_stop(signum: int | None) -> int:
 
 
 def check_finite(step: int, scalars: dict, ckpt: checkpointing.Checkpointer) -> int:
-    """Stops the run if step ``step`` produced a non-finite loss or parameters; else returns
-    the signal that step carried (`Steps.train`; 0: none)."""
-    loss, l2_params, stop = jax.device_get(
-        (scalars["loss"], scalars["l2_params"], scalars["stop"]))
-    loss, l2_params = float(loss), float(l2_params)
-    if not (math.isfinite(loss) and math.isfinite(l2_params)):
+    """Stops the run if a step up to ``step`` produced a non-finite loss or parameters; else
+    returns the largest signal those steps carried (`Steps.train`; 0: none)."""
+    bad_step, stop = map(int, jax.device_get((scalars["bad_step"], scalars["stop"])))
+    if bad_step:
         ckpt.wait()
         raise errors.NonFiniteError(
-            f"non-finite loss ({loss}) at step {step}; the last good checkpoint is step "
-            f"{ckpt.latest_step()} in {ckpt.directory}. Lower config.learning_rate or set "
-            "config.clip_norm, then rerun the same command to resume from it."
+            f"non-finite loss or parameters at step {bad_step} (seen at step {step}); the "
+            f"last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower "
+            "config.learning_rate or set config.clip_norm, then rerun the same command to "
+            "resume from it."
         )
-    return int(stop)
+    return stop

@@ -32,12 +32,15 @@ def task_losses(logits: dict, batch: dict, label_smoothing: float = 0.0) -> dict
     return out
 
 
-def train_step(state: TrainState, batch: dict, stop: jax.Array, *, model, tx, config
-               ) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, stop: jax.Array, seen: dict, *, model, tx,
+               config) -> tuple[TrainState, dict]:
     """One optimiser step on a global batch; returns the new state and scalar metrics.
 
-    ``stop``: int32[devices], each process's pending signal (0 for none) on its devices;
-    ``scalars["stop"]`` is their maximum, the same number on every process (`Steps.train`).
+    ``stop``: int32[devices], each process's pending signal (0 for none) on its devices.
+    ``seen``: {"stop", "bad_step"} of the step before (zeros at first). ``scalars["stop"]``
+    is the largest signal of this step and those before, the same on every process;
+    ``scalars["bad_step"]`` the first step whose loss or parameters were not finite (0:
+    none). The host reads both only when it syncs anyway (`loop.Loop`), never every step.
     """
     step_rng = jax.random.fold_in(state.rng, state.step)
     aug_rng, dropout_rng = jax.random.split(step_rng)
@@ -80,8 +83,11 @@ def train_step(state: TrainState, batch: dict, stop: jax.Array, *, model, tx, co
         "l2_params": optax.tree.norm(params["model"]),
         **{f"loss_{t}": v for t, v in per_task.items()},
         **{f"accuracy_{t}": v for t, v in accuracy.items()},
-        "stop": jnp.max(stop),
     }
+    finite = jnp.isfinite(loss) & jnp.isfinite(scalars["l2_params"])
+    scalars["stop"] = jnp.maximum(seen["stop"], jnp.max(stop))
+    scalars["bad_step"] = jnp.where((seen["bad_step"] == 0) & ~finite,
+                                    state.step + 1, seen["bad_step"]).astype(jnp.int32)
     return new_state, scalars
 
 
@@ -110,11 +116,13 @@ class Steps:
         self.data = NamedSharding(mesh, P("data"))
         self._train = jax.jit(
             functools.partial(train_step, model=model, tx=tx, config=config),
-            in_shardings=(self.replicated, self.data, self.data),
+            in_shardings=(self.replicated, self.data, self.data, self.replicated),
             out_shardings=(self.replicated, self.replicated),
             donate_argnums=0,
         )
         self._flags: dict[int, jax.Array] = {}
+        self.nothing_seen = jax.device_put(
+            {"stop": np.int32(0), "bad_step": np.int32(0)}, self.replicated)
         self.eval = jax.jit(
             functools.partial(eval_step, model=model, config=config),
             in_shardings=(self.replicated, self.data),
@@ -141,17 +149,19 @@ class Steps:
         self.copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree),
                             in_shardings=self.replicated, out_shardings=self.replicated)
 
-    def train(self, state: TrainState, batch: dict, signum: int | None = None
-              ) -> tuple[TrainState, dict]:
+    def train(self, state: TrainState, batch: dict, signum: int | None = None,
+              seen: dict | None = None) -> tuple[TrainState, dict]:
         """`train_step` over the mesh. ``signum``: a signal this process received (None:
-        none). Every process reads the same ``scalars["stop"]``, the largest signal number
-        given to this step by any process, so that all of them stop at the same step: the
+        none); ``seen``: the previous step's scalars (None: the first step). Every process
+        reads the same ``scalars["stop"]``, the largest signal number given to this step or
+        an earlier one by any process, so that all of them stop at the same step: the
         agreement rides on the step's own collectives, with no extra round trip."""
         flag = int(signum or 0)
         if flag not in self._flags:  # one small array per signal, reused every step
             local = np.full(len(self.mesh.local_devices), flag, np.int32)
             self._flags[flag] = jax.make_array_from_process_local_data(self.data, local)
-        return self._train(state, batch, self._flags[flag])
+        seen = self.nothing_seen if seen is None else {k: seen[k] for k in self.nothing_seen}
+        return self._train(state, batch, self._flags[flag], seen)
 
 
 def check_batch(global_batch: int, mesh: jax.sharding.Mesh) -> None:
