@@ -14,9 +14,11 @@ into ``torchvision.models.<model>()`` with its classifier replaced by an identit
 ``DIR/model.jaxexport`` is a serialized `jax.export.Exported` of the eval forward
 pass (normalisation, model, softmax, and the ``ood_score``) with the best
 checkpoint's weights as constants, for any batch size (a symbolic dimension) and
-for CPU, CUDA and TPU.
+for CPU, CUDA and TPU. It computes in the dtype the run trained in (its
+config.json: bfloat16 for a run trained on an accelerator with ``dtype=auto``),
+wherever it is exported; ``--dtype=float32|bfloat16`` chooses another.
 ``DIR/export.json`` holds the task and class names, the image size, the
-preprocessing and the ``ood_threshold``. Running it needs only ``jax`` and ``numpy``
+preprocessing, the ``dtype`` and the ``ood_threshold``. Running it needs only ``jax`` and ``numpy``
 (and Pillow to read photos)::
 
   import json, numpy as np
@@ -70,6 +72,9 @@ def define_flags() -> None:
                       "jax: the serving artifact (model.jaxexport); onnx: the same as "
                       "model.onnx (needs the onnx extra); torchvision: the trunk as a "
                       ".safetensors file in torchvision's layout.")
+    flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
+                      "The dtype the jax artifact computes in (default: the one the run "
+                      "trained in, as its config.json says).")
     flags.mark_flags_as_required(["workdir", "out"])
 
 
@@ -80,7 +85,7 @@ def main(argv: list[str]) -> None:
         raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     args = flags.FLAGS
     print(export_as(args.format, cli.absolute(args.workdir), cli.absolute(args.out),
-                    fold=args.fold))
+                    fold=args.fold, dtype=args.dtype))
 
 
 if __name__ == "__main__":

@@ -25,12 +25,24 @@ from fgmask_jax import checkpointing, errors, models, paths
 from fgmask_jax.data import labels as labels_lib
 
 
+DTYPES = ("float32", "bfloat16")
+
+
 def compute_dtype(config) -> jnp.dtype:
     """The dtype of activations: ``config.dtype``, or for "auto" float32 on CPU and
-    bfloat16 on accelerators."""
+    bfloat16 on accelerators (this process's default backend). A run stores the dtype it
+    trained in (`with_resolved_dtype`), which its predictions and exports then use."""
     if config.dtype == "auto":
         return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
     return jnp.dtype(config.dtype)
+
+
+def with_resolved_dtype(config) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose ``dtype`` is the one it computes in here ("auto"
+    resolved): what a run writes to its config.json."""
+    config = config.copy_and_resolve_references()
+    config.dtype = jnp.dtype(compute_dtype(config)).name
+    return config
 
 
 def num_classes(config) -> dict[str, int]:

@@ -29,9 +29,20 @@ PREPROCESSING = (
 )
 
 
+def artifact_dtype(config, dtype: str | None) -> str:
+    """The dtype an artifact computes in: ``dtype`` if given, else the one the run trained
+    in (its config.json), float32 for a run that did not store it ("auto")."""
+    dtype = dtype or config.dtype
+    dtype = "float32" if dtype == "auto" else dtype
+    if dtype not in runs.DTYPES:
+        raise errors.UserError(f"--dtype={dtype}: use one of {', '.join(runs.DTYPES)}")
+    return dtype
+
+
 def export_run(workdir: str, out: str, *, fold: int | None = None,
-               platforms: tuple[str, ...] = PLATFORMS) -> dict:
-    """Writes ``out/model.jaxexport`` and ``out/export.json`` for the run in ``workdir``.
+               platforms: tuple[str, ...] = PLATFORMS, dtype: str | None = None) -> dict:
+    """Writes ``out/model.jaxexport`` and ``out/export.json`` for the run in ``workdir``,
+    computing in ``dtype`` (None: the run's own, `artifact_dtype`).
 
     Returns the JSON's content. Raises as `runs.load`.
     """
@@ -39,6 +50,7 @@ def export_run(workdir: str, out: str, *, fold: int | None = None,
 
     run = runs.load(workdir, fold)
     config = run.config
+    config.dtype = artifact_dtype(config, dtype)
     # The kernels of the platforms the artifact targets (XLA's own unless it is for CPU
     # alone), not of the host that exports it.
     fn = probabilities_fn(runs.make_model(config, platforms=platforms),
@@ -63,6 +75,7 @@ def export_run(workdir: str, out: str, *, fold: int | None = None,
                f"and {OOD_KEY}: float32[batch], the out-of-distribution score (higher: less "
                f"like the training images; see ood_threshold)",
         platforms=list(exported.platforms),
+        dtype=config.dtype,
         ood_threshold=OOD_THRESHOLD,
     )
     with open(os.path.join(out, EXPORT_META), "w") as f:
@@ -136,6 +149,7 @@ def export_onnx(workdir: str, out: str, *, fold: int | None = None) -> str:
         output="one output per task, named after it: float32[batch, classes] class "
                "probabilities, classes as in tasks",
         outputs=outputs,
+        dtype="float32",
     )
     with open(os.path.join(out, ONNX_META), "w") as f:
         json.dump(meta, f, indent=1)
@@ -161,14 +175,20 @@ def export_trunk(workdir: str, out: str, *, fold: int | None = None) -> str:
     return path
 
 
-def export_as(format: str, workdir: str, out: str, *, fold: int | None = None) -> str:
+def export_as(format: str, workdir: str, out: str, *, fold: int | None = None,
+              dtype: str | None = None) -> str:
     """The export command: writes the artifact of ``format`` (one of `FORMATS`) for the run
-    in ``workdir`` into ``out``; returns the line that says what was written.
+    in ``workdir`` into ``out``, computing in ``dtype`` (None: the run's); returns the line
+    that says what was written.
 
     Raises `errors.UserError` where the input is wrong (no such run, a trunk without a
-    torchvision layout, ONNX without its optional packages).
+    torchvision layout, ONNX without its optional packages, ONNX or a trunk asked for
+    another dtype than float32).
     """
     out = paths.absolute(out)
+    if format != "jax" and dtype not in (None, "float32"):
+        raise errors.UserError(f"--dtype={dtype} with --format={format}: that format holds "
+                               "float32 weights and computes in float32; leave --dtype out")
     if format == "torchvision":
         return f"export: wrote {export_trunk(workdir, out, fold=fold)}"
     if format == "onnx":
@@ -179,7 +199,7 @@ def export_as(format: str, workdir: str, out: str, *, fold: int | None = None) -
         return f"export: wrote {path} and {os.path.join(out, ONNX_META)}"
     if format != "jax":
         raise errors.UserError(f"--format={format}: use one of {', '.join(FORMATS)}")
-    meta = export_run(workdir, out, fold=fold)
+    meta = export_run(workdir, out, fold=fold, dtype=dtype)
     return (f"export: wrote {out}/{MODEL_FILE} ({meta['source']['model']}, "
-            f"tasks {', '.join(meta['tasks'])}, {meta['image_size']} px, "
+            f"tasks {', '.join(meta['tasks'])}, {meta['image_size']} px, {meta['dtype']}, "
             f"platforms {', '.join(meta['platforms'])})")

@@ -46,6 +46,7 @@ def fit_and_test(config: ml_collections.ConfigDict, workdir: str, train_source,
     began = time.perf_counter()
     mesh = mesh or make_mesh()
     check_batch(config.batch_size, mesh)
+    config = runs.with_resolved_dtype(config)  # config.json says what the run computed in
     state_lib.record_config(workdir, config)
     if config.get("runlocal"):
         logging.info("runlocal: a shrunk run for a laptop CPU (image_size=%d, %s epochs)",

@@ -13,7 +13,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from fgmask_jax import errors
+from fgmask_jax import errors, runs
 from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.data import pipeline, splits
 from fgmask_jax.evaluation import metrics as metrics_lib
@@ -39,6 +39,7 @@ def train_lopo(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> di
     [each fold's `fit_and_test` result], "steps": total steps over the folds}.
     """
     mesh = mesh or make_mesh()
+    config = runs.with_resolved_dtype(config)
     state_lib.record_config(workdir, config)
     split, _ = pipeline.split_names("lopo")
     source = pipeline.open_split(config.dataset, split, pipeline.data_dir(config))
