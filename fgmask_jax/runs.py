@@ -24,7 +24,6 @@ from absl import logging
 from fgmask_jax import checkpointing, errors, models, paths
 from fgmask_jax.data import labels as labels_lib
 
-
 DTYPES = ("float32", "bfloat16")
 
 
