@@ -16,19 +16,24 @@ model on each training set of the protocol's training photos:
   of the same photos as the unmasked set (``--one_copy``, on by default);
 - ``unmasked``: the unmasked twin of each photo (``unmasked_<protocol>_train``);
 
-every model for the same number of steps (the ``masked`` run's), each early-stopped on
-its own photo- (or person-) disjoint validation subset. Each model is then tested on
-the masked copies of the protocol's test photos (``<protocol>_test``) and on their
-unmasked twins (``unmasked_<protocol>_test``). A run whose folder holds results.json
-and both test files is not run again.
+every model on the ``masked`` run's schedule: its number of steps, a validation check
+every epoch of the ``masked`` set (so all three get the same number of checks, the same
+images seen between them, and early stopping's patience means the same), and its
+warmup; each is early-stopped on its own photo- (or person-) disjoint validation subset.
+Each model is then tested on the masked copies of the protocol's test photos
+(``<protocol>_test``) and on their unmasked twins (``unmasked_<protocol>_test``). A run
+whose folder holds results.json and both test files is not run again.
 
 Writes in ``DIR``: ``mask_gap.md`` (per method and task, accuracy [95% interval by
-person] for each training set x test set, and the gap: unmasked test minus masked
-test, with an interval from a paired bootstrap over the test persons, who are the same
-in both test sets) and ``mask_gap.json`` (the same, with sizes and timings). Each run's
-folder ``DIR/<method>[/<task>]/<training set>`` holds its usual report and
-``test_masked.npz`` / ``test_unmasked.npz`` (``subject_id``, ``label_<task>``,
-``pred_<task>``).
+person] for each training set x test set, each test photo counted once (its masked
+copies' share answered right); the gap, unmasked test minus masked test of one model,
+and the cost, trained and tested unmasked minus trained and tested masked, both paired
+by photo with intervals from a bootstrap over the test persons (their photos nested in
+them); whether each interval excludes 0, and whether it still does after Holm's
+correction over all of them) and ``mask_gap.json`` (the same, with p-values, sizes and
+timings). Each run's folder ``DIR/<method>[/<task>]/<training set>`` holds its usual
+report and ``test_masked.npz`` / ``test_unmasked.npz`` (``index``, ``subject_id``,
+``label_<task>``, ``pred_<task>``).
 """
 
 from __future__ import annotations

@@ -195,3 +195,170 @@ def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.
     low, high = np.nanpercentile(diffs, tails)
     return {"value": float(ca.mean(1).mean() - cb.mean(1).mean()), "low": float(low),
             "high": float(high)}
+
+
+# --- differences with a p-value, per-photo weighting, and many intervals at once --------
+# Appended as new functions, leaving those above as they are: `difference_test` gives what
+# `paired_difference` gives (the same numbers when called alike) plus a bootstrap p-value,
+# and can count each photo once; `holm` decides which of many differences exclude 0.
+
+
+def difference_test(a: tuple, b: tuple, *, num_samples: int = 1000, seed: int = 0,
+                    confidence: float = 0.95, same_models: bool = False) -> dict:
+    """Accuracy of ``a`` minus that of ``b``: `paired_difference`'s interval, a two-sided
+    bootstrap p-value, and optionally each photo counted once.
+
+    ``a``, ``b``: (correct bool[N] or bool[K, N] for K training seeds, subject_ids int[N])
+    as `paired_difference` takes them, or (correct, subject_ids, photo_ids int[N]): then
+    each photo weighs 1 however many images (masked copies) it has on its side, so an
+    accuracy is the mean over photos of each photo's share of correct images; where both
+    sides hold the same photos, the difference is the mean of the per-photo differences
+    (paired by photo). Persons are resampled (a person's photos and images all come with
+    them), from the union of both sides' persons as in `paired_difference`.
+
+    Seeds: each sample draws each side's K seeds with replacement (`paired_difference`);
+    ``same_models=True`` says the two sides are the same K models (tested on two test
+    sets), so one draw of seeds serves both and the difference stays paired by model.
+
+    Called with two (correct, subject_ids) pairs and ``same_models=False``, value, low and
+    high are exactly `paired_difference`'s for the same ``num_samples`` and ``seed``.
+
+    Returns:
+      {"value", "low", "high", "p"}: fractions; p = 2 * min(share of resampled differences
+      <= 0, share >= 0), at most 1 (`bootstrap_p_value`).
+
+    Raises:
+      ValueError: a side without predictions, photo ids on one side only, arrays of
+        different lengths, or ``same_models`` with different numbers of seeds.
+    """
+    (ca, sa, wa), (cb, sb, wb) = (_weighted_side(side, name) for side, name in
+                                  ((a, "a"), (b, "b")))
+    if (len(a) == 3) != (len(b) == 3):
+        raise ValueError("photo ids on one side only: give both sides photo ids, or neither")
+    if same_models and len(ca) != len(cb):
+        raise ValueError(f"same_models: {len(ca)} and {len(cb)} seeds; the same models "
+                         "have as many seeds on both sides")
+    persons = np.union1d(sa, sb)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(persons), np.full(len(persons), 1.0 / len(persons)),
+                             size=num_samples).T  # int64[P, S]
+    sampled_a = _sampled_accuracy(ca, sa, wa, persons, counts)  # float[K, S]
+    sampled_b = _sampled_accuracy(cb, sb, wb, persons, counts)
+    if same_models and len(ca) > 1:
+        drawn = rng.integers(0, len(ca), (num_samples, len(ca)))
+        rows = np.arange(num_samples)[:, None]
+        diffs = (sampled_a[drawn, rows] - sampled_b[drawn, rows]).mean(1)
+    else:
+        diffs = _seed_mean(sampled_a, rng) - _seed_mean(sampled_b, rng)
+    tails = 100 * np.array([(1 - confidence) / 2, (1 + confidence) / 2])
+    low, high = np.nanpercentile(diffs, tails)
+    value = _weighted_mean(ca, wa).mean() - _weighted_mean(cb, wb).mean()
+    return {"value": float(value), "low": float(low), "high": float(high),
+            "p": bootstrap_p_value(diffs)}
+
+
+def photo_accuracy(correct: np.ndarray, subject_ids: np.ndarray, photo_ids: np.ndarray, *,
+                   num_samples: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """Accuracy with each photo counted once (the mean over photos of each photo's share
+    of correct images), with a percentile interval from a bootstrap over persons (their
+    photos nested in them) and, with K seeds, over the seeds.
+
+    Args:
+      correct: bool[N], or bool[K, N] for K training seeds.
+      subject_ids, photo_ids: int[N].
+
+    Returns:
+      {"value", "low", "high", "sd", "n" (images), "photos", "persons", "seeds"}.
+    """
+    c, s, w = _weighted_side((correct, subject_ids, photo_ids), "correct")
+    persons = np.unique(s)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(persons), np.full(len(persons), 1.0 / len(persons)),
+                             size=num_samples).T
+    samples = _seed_mean(_sampled_accuracy(c, s, w, persons, counts), rng)
+    tails = 100 * np.array([(1 - confidence) / 2, (1 + confidence) / 2])
+    low, high = np.nanpercentile(samples, tails)
+    per_seed = _weighted_mean(c, w)
+    return {"value": float(per_seed.mean()), "low": float(low), "high": float(high),
+            "sd": float(per_seed.std(ddof=1)) if len(c) > 1 else 0.0, "n": int(c.shape[1]),
+            "photos": int(len(np.unique(photo_ids))), "persons": int(len(persons)),
+            "seeds": int(len(c))}
+
+
+def bootstrap_p_value(differences: np.ndarray) -> float:
+    """Two-sided percentile-bootstrap p-value of "the difference is 0": 2 * min(share of
+    the resampled differences <= 0, share >= 0), at most 1; nan samples are left out
+    (nan if none is left). Below 0.05 about when the 95% percentile interval excludes 0."""
+    d = np.asarray(differences, np.float64)
+    d = d[~np.isnan(d)]
+    if not d.size:
+        return float("nan")
+    return float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))))
+
+
+def holm(p_values, alpha: float = 0.05) -> dict:
+    """Holm's step-down correction of many tests at once (family-wise error ``alpha``).
+
+    Args:
+      p_values: float[M]; nan (a difference with no interval) takes no part and gets nan
+        and False.
+
+    Returns:
+      {"adjusted": float64[M] (Holm-adjusted p-values), "excludes_0": bool[M] (adjusted
+      <= alpha: the difference excludes 0 after the correction), "tests": m (the non-nan
+      p-values), "by_chance": m * alpha (how many of m intervals at confidence 1 - alpha
+      would exclude 0 by chance alone if no difference were real)}.
+    """
+    p = np.asarray(p_values, np.float64).reshape(-1)
+    adjusted = np.full(p.shape, np.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    m = len(tested)
+    order = tested[np.argsort(p[tested], kind="stable")]
+    # The i-th smallest of m is compared with alpha / (m - i); adjusted values never fall.
+    steps = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted[order] = np.maximum.accumulate(steps) if m else steps
+    return {"adjusted": adjusted, "excludes_0": ~np.isnan(adjusted) & (adjusted <= alpha),
+            "tests": m, "by_chance": m * alpha}
+
+
+def _weighted_side(side: tuple, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(correct bool[K, N], subject_ids int[N], weights float[N]): each image's weight is 1,
+    or 1 / (images of its photo) when ``side`` gives photo ids."""
+    correct, subject = np.atleast_2d(np.asarray(side[0], bool)), np.asarray(side[1])
+    if not correct.shape[1]:
+        raise ValueError("a difference of accuracies needs predictions on both sides")
+    if correct.shape[1] != subject.shape[0]:
+        raise ValueError(f"{name}: {correct.shape[1]} answers but {subject.shape[0]} "
+                         "subject ids")
+    if len(side) < 3:
+        return correct, subject, np.ones(subject.shape[0])
+    photo = np.asarray(side[2])
+    if photo.shape != subject.shape:
+        raise ValueError(f"{name}: {photo.shape[0]} photo ids but {subject.shape[0]} "
+                         "subject ids")
+    _, inverse, copies = np.unique(photo, return_inverse=True, return_counts=True)
+    return correct, subject, 1.0 / copies[inverse]
+
+
+def _sampled_accuracy(correct, subject, weights, persons, counts) -> np.ndarray:
+    """float[K, S]: each seed's weighted accuracy in each bootstrap sample of persons
+    (``counts`` int64[P, S]); nan where no image of this side was drawn."""
+    ix = np.searchsorted(persons, subject)
+    right = np.stack([np.bincount(ix, weights * c, minlength=len(persons)) for c in correct])
+    total = np.bincount(ix, weights, minlength=len(persons))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (right @ counts) / (total @ counts)
+
+
+def _seed_mean(values: np.ndarray, rng) -> np.ndarray:
+    """float[S]: each sample's mean over K seeds drawn again with replacement."""
+    k, num_samples = values.shape
+    if k == 1:
+        return values[0]
+    drawn = rng.integers(0, k, (num_samples, k))
+    return values[drawn, np.arange(num_samples)[:, None]].mean(1)
+
+
+def _weighted_mean(correct: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """float[K]: each seed's weighted accuracy."""
+    return (correct * weights).sum(1) / weights.sum()

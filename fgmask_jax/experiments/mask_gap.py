@@ -6,11 +6,16 @@ versions of the same test photos.
 Needs data with an unmasked twin of every masked photo (config_lib.PAIRED_DATA). Each
 study run (`study.plan`) of a neural method is trained on each training set (`Cell`) of
 the protocol's training photos: ``masked`` (every masked copy), ``masked_one`` (one
-masked copy per photo, `one_copy_per_photo`) and ``unmasked`` (the twins), all for the
-masked set's number of steps; each model is then tested on the masked test split and on
-its unmasked twin (`predict_split`). The gap is a model's accuracy on the unmasked test
-minus that on the masked test, with a paired bootstrap over the test persons
-(`bootstrap.paired_difference`); ``mask_gap.md`` and ``mask_gap.json`` hold the tables.
+masked copy per photo, `one_copy_per_photo`) and ``unmasked`` (the twins), all on the
+masked set's schedule (`same_schedule`: its number of steps, validation checks and
+warmup); each model is then tested on the masked test split and on its unmasked twin
+(`predict_split`). Every accuracy counts each test photo once (its masked copies'
+mean), and every difference is paired by photo: the gap is a model's accuracy on the
+unmasked twins minus that on the masked copies of the same photos, the cost a model
+trained and tested unmasked minus one trained and tested masked, each with an interval
+and a p-value from a bootstrap over test persons, the photos nested in them
+(`bootstrap.difference_test`), and Holm's correction over all of them (`score`).
+``mask_gap.md`` (`mask_gap_report`) and ``mask_gap.json`` hold the tables.
 """
 
 from __future__ import annotations
@@ -23,9 +28,8 @@ import numpy as np
 from absl import logging
 
 from fgmask_jax import config_lib, errors, workdir_lock
-from fgmask_jax.data import labels as labels_lib
-from fgmask_jax.evaluation import bootstrap, tables
-from fgmask_jax.experiments import study
+from fgmask_jax.evaluation import bootstrap
+from fgmask_jax.experiments import mask_gap_report, study
 
 METHODS = ("multitask_cnn", "multitask_resnet", "single_task_cnn", "single_task_resnet")
 DEFAULT_METHODS = ("multitask_cnn", "multitask_resnet")
@@ -112,10 +116,46 @@ def plan(protocol: str, *, methods=DEFAULT_METHODS, runlocal: bool = False,
 
 def step_budget(config, labels: dict[str, np.ndarray]) -> int:
     """The steps of a run of ``config`` on the training set ``labels`` (its fit part)."""
+    return schedule_of(config, labels)[1]
+
+
+def schedule_of(config, labels: dict[str, np.ndarray]) -> tuple[int, int]:
+    """(steps per epoch, total steps) of a run of ``config`` on the training set
+    ``labels``: its fit part, as the trainer carves it (`train.fit_val_indices`)."""
     from fgmask_jax import train
 
     fit, _ = train.fit_val_indices(labels, config)
-    return train.step_counts(config, len(fit))[1]
+    return train.step_counts(config, len(fit))
+
+
+def same_schedule(config, masked_per_epoch: int, own_per_epoch: int) -> None:
+    """Puts ``config`` (a copy) on the all-copies run's schedule, whatever its own training
+    set's size: the steps are set by the caller; here a validation check every
+    ``masked_per_epoch`` steps (every epoch of the all-copies set) and the warmup of that
+    set, in steps.
+
+    The trainer checks once per epoch of a run's own set and warms up for
+    ``warmup_epochs`` of it; the one-copy and unmasked sets are about a third the size,
+    so they would be checked three times as often (and early stopping's patience, counted
+    in checks, would end them after a third of the images) and warmed up a third as long.
+    Equal steps between checks are equal images seen between checks (one batch size).
+    An ``eval_every_steps`` set by the user (``--neural_override``) is kept: it is already
+    the same for every run.
+    """
+    if not config.eval_every_steps:
+        config.eval_every_steps = masked_per_epoch
+    if config.warmup_epochs:
+        # The trainer warms up for int(warmup_epochs * own_per_epoch) steps: + 0.5 makes
+        # that exactly the all-copies run's int(warmup_epochs * masked_per_epoch).
+        config.warmup_epochs = (int(config.warmup_epochs * masked_per_epoch) + 0.5) \
+            / own_per_epoch
+
+
+def checks_of(steps: int, eval_every: int) -> int:
+    """The validation checks of a run of ``steps`` steps checked every ``eval_every``
+    (the trainer checks at each multiple and at the last step), if it is not stopped
+    early."""
+    return steps // eval_every + (1 if steps % eval_every else 0)
 
 
 def predict_split(folder: str, source, config) -> dict[str, np.ndarray]:
@@ -158,13 +198,16 @@ def run_mask_gap(workdir: str, *, protocol: str = "photo", methods=DEFAULT_METHO
         are their mean, and intervals resample persons and seeds.
 
     Returns:
-      {"cells": [{method, task, train, test, value, low, high, n, persons}], "gaps":
-      [{method, task, train, value, low, high}], "runs": [{folder, status, seconds,
-      steps}], "sizes": {...}, "seconds": wall time}.
+      {"cells": [{method, task, train, test, value, low, high, n, photos, persons, seeds,
+      image_accuracy, majority_rate}] (each photo counted once), "gaps" and "costs":
+      [{method, task, train, value, low, high, p, excludes_0, p_holm, excludes_0_holm}]
+      (paired by photo), "runs": [{folder, status, seconds, steps, eval_every, checks}],
+      "sizes": {...}, "seconds": wall time}.
 
     Raises:
       errors.UserError: a protocol, data, method or override the mask gap has not
-        (`errors.ConfigError`), data that cannot be built, or another live run holding
+        (`errors.ConfigError`), data that cannot be built or whose test twins are not of
+        the masked test photos (`errors.DataError`), or another live run holding
         ``workdir`` (`errors.WorkdirLockedError`).
     """
     from fgmask_jax.evaluation import writers
@@ -181,6 +224,9 @@ def run_mask_gap(workdir: str, *, protocol: str = "photo", methods=DEFAULT_METHO
     first = next(iter(configs.values()))
     splits = open_splits(first, protocol, seed)
     sizes = sizes_of(splits)
+    photo_ids = {"masked": splits.labels["test"]["photo_id"],
+                 "unmasked": splits.labels["unmasked_test"]["photo_id"]}
+    check_same_photos(photo_ids)  # before any training: the differences pair photos
     # Held from here: the data is built (data that cannot be built leaves no workdir).
     with workdir_lock.held(workdir):
         os.makedirs(workdir, exist_ok=True)
@@ -191,14 +237,16 @@ def run_mask_gap(workdir: str, *, protocol: str = "photo", methods=DEFAULT_METHO
             records[cell.folder] = train_and_test(workdir, cell, configs[cell.run], splits,
                                                   previous.get(cell.folder, {}))
             writers.write_json(json_path, {"runs": {**previous, **records}})
-        rows, gaps, costs = score(workdir, cells, num_samples=num_samples, seed=seed)
+        rows, gaps, costs = score(workdir, cells, photo_ids, num_samples=num_samples,
+                                  seed=seed)
         seconds = time.perf_counter() - began
         runs = [records[c.folder] for c in cells]
         setting = {"data": data, "dataset": first.dataset, "protocol": protocol,
                    "splits": splits.names, "runlocal": runlocal, "methods": list(methods),
                    "num_samples": num_samples, "command": command, "sizes": sizes,
-                   "seeds": seeds, "seconds": round(seconds, 1)}
-        tables.write_mask_gap_markdown(os.path.join(workdir, "mask_gap.md"), rows, gaps,
+                   "seeds": seeds, "seconds": round(seconds, 1),
+                   "eval_every_set": bool(first.eval_every_steps)}
+        mask_gap_report.write_markdown(os.path.join(workdir, "mask_gap.md"), rows, gaps,
                                        costs, setting, runs, study.WORDING, TRAINING_TEXT,
                                        RUNLOCAL_OVERRIDES)
         writers.write_json(json_path, {"runs": {**previous, **records}, "setting": setting,
@@ -242,8 +290,11 @@ def train_and_test(workdir: str, cell: Cell, base_config, splits: Splits,
                    previous: dict) -> dict:
     """Trains ``cell`` unless it has results.json, and tests it on both test splits
     unless both test files are there; returns its record for mask_gap.json:
-    {folder, steps, description, status, seconds}.
+    {folder, steps, eval_every, checks, description, status, seconds}.
 
+    Every training set runs on the all-copies set's schedule (`same_schedule`): the same
+    steps (the same number of images seen, so the smaller sets are not also trained
+    less), a validation check every epoch of the all-copies set, and its warmup.
     ``previous``: its record from an earlier call (for a finished run's time).
     """
     from fgmask_jax import train
@@ -251,14 +302,18 @@ def train_and_test(workdir: str, cell: Cell, base_config, splits: Splits,
 
     config = base_config.copy_and_resolve_references()
     src, ix = splits.training[cell.training]
-    # Every training set gets the steps of the masked one: the same number of images
-    # seen, so the smaller sets are not also trained less.
     masked = splits.training["masked"][1]
-    config.num_train_steps = step_budget(
+    masked_per_epoch, config.num_train_steps = schedule_of(
         base_config, {k: v[masked] for k, v in splits.labels["train"].items()})
+    own_per_epoch, _ = schedule_of(base_config, {k: v[ix] for k, v in
+                                                 splits.labels[src].items()})
+    same_schedule(config, masked_per_epoch, own_per_epoch)
     folder = os.path.join(workdir, cell.folder)
     files = {t: os.path.join(folder, f"test_{t}.npz") for t in TESTS}
+    eval_every = ran_eval_every(folder, config.eval_every_steps)
     record = {"folder": cell.folder, "steps": config.num_train_steps,
+              "eval_every": eval_every,
+              "checks": checks_of(config.num_train_steps, eval_every) if eval_every else None,
               "description": study.describe(config)}
     results = os.path.join(folder, "results.json")
     if all(os.path.exists(p) for p in (*files.values(), results)):
@@ -267,7 +322,8 @@ def train_and_test(workdir: str, cell: Cell, base_config, splits: Splits,
         return record
     t0 = time.perf_counter()
     if not os.path.exists(results):
-        logging.info("mask_gap: training %s (%s)", cell.folder, record["description"])
+        logging.info("mask_gap: training %s (%s; a validation check every %d steps)",
+                     cell.folder, record["description"], config.eval_every_steps)
         test = splits.sources["test"]
         train.fit_and_test(config, folder, splits.sources[src], ix, test,
                            np.arange(len(test)),
@@ -279,39 +335,106 @@ def train_and_test(workdir: str, cell: Cell, base_config, splits: Splits,
     return record
 
 
-def score(workdir: str, cells, *, num_samples: int, seed: int):
-    """(rows, gaps, costs) from the cells' test files: each model's accuracy on each test
-    split, each model's gap (unmasked test minus masked test), and the cost of the mask
-    (trained and tested unmasked minus trained and tested masked)."""
+def ran_eval_every(folder: str, planned: int) -> int | None:
+    """The steps between validation checks of the run in ``folder``: ``planned``, or what
+    its config.json says where an earlier version of this command trained it (None: once
+    per epoch of its own training set, before the schedules were made the same)."""
+    import json
+
+    path = os.path.join(folder, "config.json")
+    if not os.path.exists(os.path.join(folder, "results.json")) or not os.path.exists(path):
+        return planned
+    with open(path) as f:
+        saved = json.load(f).get("eval_every_steps", planned)
+    return int(saved) or None
+
+
+def score(workdir: str, cells, photo_ids: dict[str, np.ndarray], *, num_samples: int,
+          seed: int):
+    """(rows, gaps, costs) from the cells' test files, each test photo counted once.
+
+    rows: each model's accuracy on each test split (`bootstrap.photo_accuracy`: the mean
+    over photos of the share of its images answered right; the unmasked test has one
+    image a photo). gaps: a model's unmasked test minus its masked test, paired by photo
+    and by model. costs: trained and tested unmasked minus trained and tested masked,
+    paired by photo. Each difference carries a two-sided bootstrap p-value (``p``), its
+    Holm-adjusted value over all gaps and costs (``p_holm``) and ``excludes_0`` /
+    ``excludes_0_holm``.
+
+    Args:
+      photo_ids: {"masked": int[N], "unmasked": int[M]}: the photo of each image of the
+        masked and unmasked test splits, by the ``index`` the test files record.
+
+    Raises:
+      errors.DataError: test files without ``index``, or masked and unmasked test files
+        of different photos.
+    """
     rows, gaps, costs = [], [], []
     for (method, _), seeds in study.by_method(dict.fromkeys(c.run for c in cells)).items():
         run = seeds[0]
         trainings = [c.training for c in cells if c.run == run]
-        # Each (training, test) pair: the seeds' test files, stacked (the same images).
+        # Each (training, test) pair: the seeds' test files (the same images).
         preds = {(tr, te): [_load(os.path.join(workdir, r.folder, tr, f"test_{te}.npz"))
                             for r in seeds]
                  for tr in trainings for te in TESTS}
+        photos = {key: _photos_of(ps[0], photo_ids[key[1]], os.path.join(
+            workdir, run.folder, key[0], f"test_{key[1]}.npz")) for key, ps in preds.items()}
         for task in run.tasks:
-            k = len(labels_lib.TASKS[task])
-            correct = {key: (np.stack([p[f"label_{task}"] == p[f"pred_{task}"] for p in ps]),
-                             ps[0]["subject_id"])
-                       for key, ps in preds.items()}
+            side = {key: (np.stack([p[f"label_{task}"] == p[f"pred_{task}"] for p in ps]),
+                          ps[0]["subject_id"], photos[key])
+                    for key, ps in preds.items()}
             for (tr, te), ps in preds.items():
-                p = ps[0]
-                b = bootstrap.person_bootstrap(
-                    p[f"label_{task}"], np.stack([q[f"pred_{task}"] for q in ps]),
-                    p["subject_id"], k, num_samples=num_samples, seed=seed)
+                acc = bootstrap.photo_accuracy(*side[tr, te], num_samples=num_samples,
+                                               seed=seed)
                 rows.append({"method": method, "task": task, "train": tr, "test": te,
-                             **b["accuracy"], "n": b["n"], "persons": b["persons"],
-                             "seeds": b["seeds"], "majority_rate": b["majority_rate"]})
+                             **acc, "image_accuracy": float(side[tr, te][0].mean()),
+                             "majority_rate": photo_majority_rate(
+                                 ps[0][f"label_{task}"], photos[tr, te])})
             for tr in trainings:
-                d = bootstrap.paired_difference(correct[tr, "unmasked"], correct[tr, "masked"],
-                                                num_samples=num_samples, seed=seed)
+                d = bootstrap.difference_test(side[tr, "unmasked"], side[tr, "masked"],
+                                              num_samples=num_samples, seed=seed,
+                                              same_models=True)
                 gaps.append({"method": method, "task": task, "train": tr, **d})
             for tr in (t for t in trainings if t != "unmasked"):
                 # Trained and tested alike: unmasked on unmasked minus masked on masked.
-                d = bootstrap.paired_difference(correct["unmasked", "unmasked"],
-                                                correct[tr, "masked"],
-                                                num_samples=num_samples, seed=seed)
+                d = bootstrap.difference_test(side["unmasked", "unmasked"], side[tr, "masked"],
+                                              num_samples=num_samples, seed=seed)
                 costs.append({"method": method, "task": task, "train": tr, **d})
+    with_holm(gaps + costs)
     return rows, gaps, costs
+
+
+def with_holm(differences: list[dict], alpha: float = 0.05) -> None:
+    """Adds ``excludes_0`` (the 95% interval excludes 0), ``p_holm`` and ``excludes_0_holm``
+    (Holm's correction over all ``differences`` at family-wise ``alpha``) to each."""
+    holm = bootstrap.holm([d["p"] for d in differences], alpha)
+    for d, adjusted, excludes in zip(differences, holm["adjusted"], holm["excludes_0"],
+                                     strict=True):
+        d.update(excludes_0=bool(not d["low"] <= 0 <= d["high"]), p_holm=float(adjusted),
+                 excludes_0_holm=bool(excludes))
+
+
+def photo_majority_rate(labels: np.ndarray, photos: np.ndarray) -> float:
+    """The accuracy of always answering the most frequent class, each photo counted once
+    (the copies of one photo share its labels)."""
+    _, first = np.unique(photos, return_index=True)
+    return float(np.bincount(labels[first]).max() / len(first))
+
+
+def _photos_of(predictions: dict, photo_ids: np.ndarray, path: str) -> np.ndarray:
+    """int[N]: the photo of each image of a test file, by its ``index`` into the split."""
+    if "index" not in predictions:
+        raise errors.DataError(f"{path} has no 'index': its images' photos are not known; "
+                               "delete the file to test the run again")
+    return np.asarray(photo_ids)[predictions["index"]]
+
+
+def check_same_photos(photo_ids: dict[str, np.ndarray]) -> None:
+    """Raises `errors.DataError` unless the masked and unmasked test splits hold the same
+    photos (the twins of the masked copies): the differences are paired by photo."""
+    masked, unmasked = (set(np.unique(photo_ids[t]).tolist()) for t in TESTS)
+    if masked != unmasked:
+        raise errors.DataError(
+            f"the masked test split holds {len(masked)} photos and the unmasked one "
+            f"{len(unmasked)}, {len(masked ^ unmasked)} of them on one side only: the twins "
+            "must be those of the masked copies; build the dataset again")
