@@ -144,7 +144,7 @@ def _model_fields(c: ml_collections.ConfigDict, v: ml_collections.ConfigDict,
         # The study's multi-task CNN: age reads conv3, gender conv2, expression conv1.
         c.head_depths = {"age_group": 3, "gender": 2, "expression": 1}
     c.dropout = 0.0
-    c.dtype = "auto"  # bfloat16 on accelerators, float32 on CPU
+    c.dtype = "auto"  # bfloat16 on accelerators, float32 on CPU; config.json stores it resolved
     # Conv and max-pool kernels: "auto" is "cpu" (fast paths for XLA:CPU) on a CPU backend and
     # "xla" (XLA's own, jax.jvp-able) elsewhere; either can be forced. Same weights in both.
     c.kernels = "auto"

@@ -4,6 +4,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -11,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from jax import export as jax_export
 from PIL import Image
 from test_train import tiny_config
 
-from fgmask_jax import predict, train
+from fgmask_jax import errors, predict, train
 from fgmask_jax.data import pipeline
 from fgmask_jax.inference import export
 from fgmask_jax.inference.images import load_image
@@ -77,6 +79,36 @@ def test_exported_model_gives_the_predictors_probabilities_with_only_jax(
     assert again.ood_threshold == meta["ood_threshold"] == ours.ood_threshold
     assert [(r["gender"]["label"], r["uncertain"]) for r in again(list(images))] == [
         (r["gender"]["label"], r["uncertain"]) for r in ours(list(images))]
+
+
+def test_an_export_computes_in_the_dtype_its_run_trained_in(single_task_run, small_data_dir,
+                                                            tmp_path):
+    """config.json stores the dtype a run trained in ("auto" resolved: float32 on CPU);
+    export computes in it wherever it runs, and --dtype chooses another. The same weights
+    as a run trained on an accelerator stores them (bfloat16) export a bfloat16 artifact,
+    whose predictions agree with float32's."""
+    assert json.loads((Path(single_task_run) / "config.json").read_text())["dtype"] == "float32"
+    run = tmp_path / "trained_in_bf16"
+    shutil.copytree(single_task_run, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    source = pipeline.open_split("synthetic_masked_faces/small", "test", small_data_dir)
+    images = pipeline.load_all(source, np.arange(len(source)), 32)["image"]
+    probs = {}
+    for name, dtype in (("bfloat16", None), ("float32", "float32")):
+        line = export.export_as("jax", str(run), str(tmp_path / name), dtype=dtype)
+        assert f", {name}, " in line
+        assert json.loads((tmp_path / name / "export.json").read_text())["dtype"] == name
+        exported = jax_export.deserialize(
+            bytearray((tmp_path / name / export.MODEL_FILE).read_bytes()))
+        assert ("bf16" in exported.mlir_module()) == (name == "bfloat16")
+        served = predict.Predictor.from_workdir(tmp_path / name, batch_size=16)
+        probs[name] = served.probabilities(images)["gender"]
+    assert np.abs(probs["bfloat16"] - probs["float32"]).max() < 0.02
+    agree = np.mean(probs["bfloat16"].argmax(-1) == probs["float32"].argmax(-1))
+    assert agree >= 0.9, agree  # the same label for most images
+    with pytest.raises(errors.UserError, match="--dtype=bfloat16 with --format=onnx"):
+        export.export_as("onnx", str(run), str(tmp_path / "onnx"), dtype="bfloat16")
 
 
 def serving_example() -> str:

@@ -1,10 +1,14 @@
 """The jitted steps on their own: data parallelism, losses, metrics."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
 
 from fgmask_jax import config_lib, runs, train
+from fgmask_jax.train.state import init_state
+from fgmask_jax.train.steps import train_step
 
 TASKS = ("age_group", "gender", "expression")
 
@@ -73,3 +77,32 @@ def test_eval_step_masks_padding():
                                             for k, v in batch.items()}))
     assert out["pred_gender"].shape == (8,) and out["mask"].sum() == 5
     np.testing.assert_array_equal(out["label_expression"], batch["expression"])
+
+
+def test_bfloat16_train_steps_track_float32():
+    """ResNet-18 (32 px, batch 8, the CPU kernels) from the same initial state on the same
+    batch, six steps of the real train step in bfloat16 and in float32: the loss of every
+    step agrees to 5% relative (measured: at most 1.9%; bfloat16 keeps 8 bits of mantissa),
+    while the loss itself moves by far more (the steps fit the batch). Compiled with XLA's
+    backend optimisations off, which change no arithmetic here and halve the compile."""
+    fast = {"xla_backend_optimization_level": 0}
+    batch, stop = random_batch(8, 32), np.zeros(1, np.int32)
+    seen = {"stop": np.int32(0), "bad_step": np.int32(0)}
+    losses, initial = {}, None
+    for dtype in ("float32", "bfloat16"):
+        config = tiny_config(model="resnet18", dtype=dtype)
+        model = runs.make_model(config)
+        tx, _ = train.make_optimizer(config, steps_per_epoch=10, total_steps=100)
+        if initial is None:  # float32 parameters in both: one initial state
+            init = jax.jit(functools.partial(init_state, model, tx, config))
+            initial = init.lower(jax.random.key(0)).compile(fast)(jax.random.key(0))
+        state = initial  # this jit donates nothing: both runs start from the same arrays
+        step = jax.jit(functools.partial(train_step, model=model, tx=tx, config=config)).lower(
+            state, batch, stop, seen).compile(fast)
+        losses[dtype] = []
+        for _ in range(6):
+            state, scalars = step(state, batch, stop, seen)
+            losses[dtype].append(float(scalars["loss"]))
+    f32, bf16 = np.array(losses["float32"]), np.array(losses["bfloat16"])
+    assert np.all(np.abs(bf16 - f32) <= 0.05 * f32), (f32, bf16)
+    assert f32.min() < 0.8 * f32[0]  # the steps learn: not an agreement of two flat lines
