@@ -377,7 +377,9 @@ def test_predictor_finds_the_one_face_of_a_real_photo_and_none_in_a_cup(run_dir)
 
 def test_the_weights_are_an_argument_of_the_compiled_program_not_constants():
     """ResNet-18's 11M parameters (45 MB): baked into the program they would make the lowered
-    module as large; as an argument it stays small, whatever the weights."""
+    module as large; as an argument it stays small, whatever the weights. The Predictor of
+    another run of that architecture lowers to the same module, hence the same persistent
+    compilation cache key: it compiles from the cache."""
     import jax
 
     from fgmask_jax import config_lib, runs
@@ -393,3 +395,6 @@ def test_the_weights_are_an_argument_of_the_compiled_program_not_constants():
     images = np.zeros((4, 32, 32, 3), np.uint8)
     module = predictor._fn.lower(*predictor._arguments(images)).as_text()
     assert len(module) < 1_000_000, len(module)
+    other_run = jax.tree.map(lambda v: v + 1, variables)
+    other = Predictor.from_variables(config, other_run, batch_size=4)
+    assert other._fn.lower(*other._arguments(images)).as_text() == module
