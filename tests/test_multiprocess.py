@@ -108,6 +108,8 @@ def test_train_and_evaluate_in_two_processes(tmp_path):
         logs = wait_all(procs, tmp_path, timeout=240)
     for i, p in enumerate(procs):
         assert p.returncode == 0, f"worker {i} failed:\n{logs[i]}"
+        # The processes agree on the least free memory (in MiB: bytes would wrap in int32).
+        assert "data on device" in logs[i] and "-" not in logs[i].split("GiB free")[0][-8:]
 
     # Process 0 alone wrote the metrics: a second writer would append every record again.
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -343,8 +343,9 @@ def placement(config, num_images: int) -> tuple[bool, int, str]:
         on = bool(config.data_on_device)
         return on, workers, f"config.data_on_device={on}"
     free = free_memory(jax.local_devices()[0])
-    if jax.process_count() > 1:
-        free = int(np.min(multihost_utils.process_allgather(np.int64(free))))
+    if jax.process_count() > 1:  # in MiB: JAX's int32 would wrap bytes above 2 GiB
+        free_mib = np.int32(min(free // 2**20, np.iinfo(np.int32).max))
+        free = int(np.min(multihost_utils.process_allgather(free_mib))) * 2**20
     on = size <= DEVICE_MEMORY_SHARE * free
     why = (f"{num_images} images take {size / 2**20:,.0f} MiB, "
            f"{'within' if on else 'more than'} {DEVICE_MEMORY_SHARE:.0%} of the "
