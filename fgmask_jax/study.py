@@ -33,14 +33,24 @@ Intervals need each run's per-image predictions (``predictions.npz`` in its fold
 point values from ``results.json`` and no interval, and study.md says so.
 Under ``--protocol=lopo`` (leave persons out) each method trains one model per fold
 of persons (every method the same folds; ``--lopo_folds``); the neural methods
-then take that many times longer.
+then take that many times longer. All eight run under every protocol; VGG-Face is
+VGG-16 trained end to end unless ``--pretrained_vgg_face`` names a local weights file
+(none is downloaded; a named file that is not there stops the study before anything
+runs).
 
 Several protocols (``--protocol=study,photo,subject``) run the study once per
 protocol in ``DIR/<protocol>`` and compare them in ``DIR/leak.md`` (and
 ``leak.csv``, ``leak.json``): per method and task the accuracy under each protocol
 and the points by which the study's random image split inflates it over the
 others (`run_comparison`). On ``synthetic_paired`` (about 3.4 masked copies of
-each photo) that measures the copy leak of the study's protocol.
+each photo) that measures the copy leak of the study's protocol. ``--persons_control``
+adds a control for the subject protocol's fewer training persons: study and photo run
+again on as many training persons as subject's, in ``DIR/<protocol>_<K>persons``.
+
+Where a report gives many intervals (the paired comparisons, the inflations), it says
+how many would exclude 0 by chance alone and which still do after Holm's correction
+(two-sided bootstrap p-values, family-wise error 5%). A method of the eight that did
+not run is named under study.md's accuracy table with the reason.
 """
 
 from __future__ import annotations
@@ -70,8 +80,7 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", None,
                         "The study's folder; each run in WORKDIR/<method>[/<task>] "
                         "(WORKDIR/<protocol>/<method>[/<task>] with several protocols).")
-    flags.DEFINE_bool("runlocal", False, "Pass the runlocal variant to every config and shorten "
-                      "the neural runs, so the whole study fits a laptop CPU.")
+    flags.DEFINE_bool("runlocal", False, f"Sized for a laptop CPU: {study.RUNLOCAL_TEXT}.")
     flags.DEFINE_list("methods", list(study.METHODS),
                       f"A subset of: {', '.join(study.METHODS)}. "
                       "Not given, with several protocols and --runlocal: "
@@ -91,9 +100,15 @@ def define_flags() -> None:
                         "linear classifier, as in the study; without it VGG-16 is trained end "
                         "to end.")
     flags.DEFINE_multi_string("neural_override", [], "KEY=VALUE set on every neural config "
-                              "(after --runlocal's shortening), e.g. num_epochs=2.")
+                              "(after --runlocal's variant), e.g. num_epochs=2.")
     flags.DEFINE_integer("lopo_folds", 0, "--protocol=lopo: folds of persons, the same for "
                          "every method (0: 10, or 5 under --runlocal).")
+    flags.DEFINE_bool("persons_control", False, "With several protocols, subject among them: "
+                      "also run study and photo with their training split cut to as many "
+                      "persons as subject's (drawn with split_seed) and tested on those "
+                      "persons' test images, as a control for subject's fewer training "
+                      "persons; leak.md adds its section. Trains every method once per cut "
+                      "protocol more.")
     flags.DEFINE_integer("num_samples", 1000, "Bootstrap samples of persons.")
     flags.DEFINE_integer("seed", 0, "Seed of the bootstrap.")
     flags.DEFINE_integer("seeds", 1, "Train each neural method this many times on the same "
@@ -118,7 +133,8 @@ def main(argv):
         pretrained_vgg_face=cli.absolute(f.pretrained_vgg_face),
         data_dir=cli.absolute(f.data_dir), manual_dir=cli.absolute(f.manual_dir),
         neural_overrides=study.parse_overrides(f.neural_override), lopo_folds=f.lopo_folds,
-        num_samples=f.num_samples, seed=f.seed, seeds=f.seeds))
+        num_samples=f.num_samples, seed=f.seed, seeds=f.seeds,
+        persons_control=f.persons_control))
 
 
 if __name__ == "__main__":

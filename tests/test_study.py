@@ -84,6 +84,12 @@ def test_study_runs_writes_table_csv_plot_and_skips_finished_runs(small_data_dir
     assert {d["task"] for d in out["paired"]} == set(TASKS)
     assert all(d["comparison"] == "best neural vs best classical" for d in out["paired"])
     assert "## Paired comparisons" in report
+    assert all(0 <= d["p"] <= d["p_holm"] <= 1 for d in out["paired"])
+    assert "After Holm's step-down correction over all 3 comparisons" in report
+    # The four methods not asked for are named, with the reason, under the accuracy table.
+    assert out["left_out"] == {m: study.LEFT_OUT for m in study.METHODS if m not in METHODS}
+    assert report.index("- VGG-Face: not run: not in --methods") < report.index(
+        "## Paired comparisons")
 
     # A second training seed: only the new seed trains, on the same splits.
     two = _run(tmp_path, small_data_dir, seeds=2, methods=("lbp", "multitask_resnet"))
@@ -123,7 +129,10 @@ def test_lopo_runs_every_method_over_every_image_with_the_same_folds(small_data_
     assert tested == expected
     report = (tmp_path / "study.md").read_text()
     assert "protocol=lopo" in report and "leave persons out" in report
-    assert "2 folds of persons" in report and "not run" not in report
+    assert "2 folds of persons" in report and " not run |" not in report  # no empty cell
+    # The six methods not asked for are named with the reason, not silently missing.
+    assert "Not in this table (6 of the eight methods)" in report
+    assert "- single-task ResNet: not run: not in --methods" in report
 
 
 def _write_run(folder, rng, n_persons=12, per_person=5, error=0.3):
@@ -248,6 +257,8 @@ def test_leak_table_puts_protocols_side_by_side_and_computes_the_inflation(
         in table
     assert "| LBP | gender |" in table and "| Eigenface | expression |" in table
     assert "| *majority class (floor)* | age_group |" in table  # each protocol's own
+    assert "over all 12 inflations" in table  # Holm's correction, under the main table
+    assert all(r["p"] <= r["p_holm"] for r in out["inflation"])
     assert "study − photo, balanced acc." in table
     assert "--protocol=study,photo,subject" in table
     with open(tmp_path / "leak.csv") as f:
@@ -257,13 +268,29 @@ def test_leak_table_puts_protocols_side_by_side_and_computes_the_inflation(
 
     saved = json.loads((tmp_path / "leak.json").read_text())
     assert saved["setting"]["protocols"] == ["study", "photo", "subject"]
-    # A second call reuses every finished run.
+    # A second call reuses every finished run; the persons control trains only its own.
     again = leak.run_comparison(
-        str(tmp_path), ("study", "photo"), data="synthetic_paired", runlocal=True,
-        methods=("lbp", "eigenface"), dataset="synthetic_masked_faces/paired_small",
+        str(tmp_path), ("study", "photo", "subject"), data="synthetic_paired", runlocal=True,
+        methods=("lbp",), dataset="synthetic_masked_faces/paired_small",
         data_dir=paired_small_data_dir, neural_overrides={**TINY, "saliency_images": 0},
-        num_samples=100)
+        num_samples=100, persons_control=True)
     assert all(r["status"] == "skipped" for s in again["studies"].values() for r in s["runs"])
+    control = again["control"]
+    k = control["persons"]
+    assert [r["folder"] for r in control["runs"]] == [f"study_{k}persons/lbp",
+                                                      f"photo_{k}persons/lbp"]
+    subject = np.load(tmp_path / "subject" / "lbp" / "predictions.npz")["subject_id"]
+    for p in ("study", "photo"):  # tested on the drawn persons only, as many as subject's
+        tested = np.load(tmp_path / f"{p}_{k}persons" / "lbp" / "predictions.npz")
+        assert set(tested["subject_id"]) <= set(
+            np.load(tmp_path / p / "lbp" / "predictions.npz")["subject_id"])
+        assert control["sizes"][p]["test_persons"] == len(set(tested["subject_id"]))
+    assert k > len(set(subject))  # subject tests the persons it did not train on
+    assert len(control["inflation"]) == 2 * len(TASKS)
+    table = (tmp_path / "leak.md").read_text()
+    assert f"## Control: study, photo trained on {k} persons" in table
+    assert "| LBP | gender |" in table and f"study@{k} − subject" in table
+    assert table.index("## Control") < table.index("## What ran")
 
 
 def test_paired_difference_is_the_difference_with_a_paired_interval():
@@ -277,6 +304,56 @@ def test_paired_difference_is_the_difference_with_a_paired_interval():
     # Persons on one side only count only there; the point value is still the difference.
     e = bootstrap.paired_difference((a, subject), (b[:60], subject[:60]), num_samples=200)
     assert e["value"] == pytest.approx(a.mean() - b[:60].mean())
+
+
+def test_leak_control_draws_persons_with_the_split_seed():
+    from fgmask_jax.experiments import leak_control
+
+    subjects = np.repeat([3, 5, 8, 13, 21, 34], 4)
+    persons = leak_control.draw_persons(subjects, 4, seed=0)
+    assert len(persons) == 4 and set(persons) <= set(subjects)
+    assert np.array_equal(persons, leak_control.draw_persons(subjects, 4, seed=0))
+    assert len({tuple(leak_control.draw_persons(subjects, 4, seed=s)) for s in range(8)}) > 1
+    train, test = leak_control.cut_indices(subjects, np.array([3, 5, 99]), persons)
+    assert set(subjects[train]) == set(persons) and len(train) == 16
+    assert set(np.array([3, 5, 99])[test]) <= set(persons)
+    with pytest.raises(ValueError, match="needs as many; the split has 6"):
+        leak_control.draw_persons(subjects, 7, seed=0)
+    with pytest.raises(ValueError, match="add subject"):
+        leak.run_comparison("/nonexistent", ("study", "photo"), persons_control=True)
+    with pytest.raises(ValueError, match="give several"):
+        leak.run_protocols("/nonexistent", ("study",), data="synthetic", persons_control=True)
+
+
+def test_holm_decisions_and_report_lines():
+    diffs = [{"low": 0.01, "high": 0.2, "p": 0.004, "name": "a"},
+             {"low": 0.001, "high": 0.1, "p": 0.04, "name": "b"},
+             {"low": -0.1, "high": 0.1, "p": 0.8, "name": "c"},
+             {"low": math.nan, "high": math.nan, "p": math.nan, "name": "d"}]
+    study.with_holm(diffs)
+    assert [d["excludes_0"] for d in diffs] == [True, True, False, False]
+    assert [d["excludes_0_holm"] for d in diffs] == [True, False, False, False]
+    line = study.holm_sentence(diffs[:3], "differences", lambda d: d["name"])
+    assert line.startswith("2 of these 3 differences exclude 0; with 95% intervals about 0.1")
+    assert line.endswith("1 still excludes 0: a.")
+    lines = ["# t", "", "| table |", "", "## Balanced accuracy", "x"]
+    assert study.insert_before(lines, ("## Paired", "## Balanced"), ["", "new"]) == [
+        "# t", "", "| table |", "", "new", "", "## Balanced accuracy", "x"]
+    assert study.insert_before(["a"], ("## None",), ["b"]) == ["a", "b"]
+
+
+def test_runlocal_is_the_configs_variant_and_weights_must_exist(tmp_path):
+    runs = study.plan("synthetic", "lopo", runlocal=True)
+    assert all(r.overrides == () for r in runs)  # the variant alone shrinks the runs
+    assert [r.method for r in runs if "runlocal" not in r.spec] == []
+    with pytest.raises(ValueError, match="no such weights file for VGG-Face"):
+        study.prepare("synthetic", "lopo", pretrained_vgg_face=str(tmp_path / "vgg.st"))
+    with pytest.raises(ValueError, match="no such weights file for the ResNets"):
+        study.prepare("synthetic", "lopo", pretrained_resnet=str(tmp_path / "r.pth"))
+    # A file for a method that does not run is not needed.
+    runs, _ = study.prepare("synthetic", "lopo", methods=("lbp",),
+                            pretrained_vgg_face=str(tmp_path / "vgg.st"))
+    assert [r.folder for r in runs] == ["lbp"]
 
 
 @pytest.mark.parametrize("protocols, data, message", [

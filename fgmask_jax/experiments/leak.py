@@ -20,12 +20,14 @@ import numpy as np
 
 from fgmask_jax import config_lib, errors, workdir_lock
 from fgmask_jax.evaluation import bootstrap, tables
-from fgmask_jax.experiments import study
+from fgmask_jax.experiments import leak_control, study
 
 # Several protocols at once under --runlocal without --methods: the classical methods
 # that fit in a minute or two and the two multi-task networks, so that three protocols
 # finish in about 30 minutes on two CPU cores.
 RUNLOCAL_METHODS = ("lbp", "tiny_image", "eigenface", "multitask_cnn", "multitask_resnet")
+SHORTENED = ("not run: left out under --runlocal with several protocols, so that they fit "
+             "about 30 minutes on two CPU cores; --methods adds it")
 
 
 def leaked_copies(dataset: str, data_dir: str) -> dict | None:
@@ -46,9 +48,14 @@ def leaked_copies(dataset: str, data_dir: str) -> dict | None:
             "test_photos": int(len(np.unique(test)))}
 
 
-def check_protocols(protocols: tuple[str, ...]) -> None:
+def check_protocols(protocols: tuple[str, ...], persons_control: bool = False) -> None:
     """Raises `errors.ConfigError` unless ``protocols`` are two or more different known
-    ones, ``study`` among them."""
+    ones, ``study`` among them (and ``subject``, for ``persons_control``)."""
+    if persons_control and "subject" not in protocols:
+        raise errors.ConfigError(
+            f"protocols {','.join(protocols)}: the persons control cuts the other protocols "
+            "to the subject protocol's training persons; add subject (e.g. "
+            "study,photo,subject)")
     if len(protocols) < 2 or len(set(protocols)) != len(protocols) or "study" not in protocols:
         raise errors.ConfigError(
             f"protocols {','.join(protocols) or '(none)'}: give two or more different ones, "
@@ -61,25 +68,31 @@ def check_protocols(protocols: tuple[str, ...]) -> None:
 
 def run_comparison(workdir: str, protocols, *, data: str = "synthetic_paired",
                    runlocal: bool = False, methods=None, num_samples: int = 1000,
-                   seed: int = 0, command: str = "", **study_kwargs) -> dict:
+                   seed: int = 0, command: str = "", persons_control: bool = False,
+                   **study_kwargs) -> dict:
     """The study under several protocols, side by side: how much the study's protocol
     inflates each method (the copy leak).
 
     Runs `study.run_study` in ``workdir/<protocol>`` for each protocol (finished runs are
     reused), then writes ``workdir/leak.md``, ``leak.csv`` and ``leak.json``: per method
     and task the accuracy [95% person-bootstrap interval] under each protocol, and the
-    points by which protocol ``study`` exceeds each other one, with an interval from
-    `bootstrap.paired_difference`.
+    points by which protocol ``study`` exceeds each other one, with an interval and a
+    p-value from `bootstrap.difference_test` and Holm's correction over all of them.
 
     Args:
       protocols: two or more of config_lib.PROTOCOLS, ``study`` among them.
       methods: None -> RUNLOCAL_METHODS under ``runlocal``, else all of study.METHODS.
       command: the command line, for the outputs.
+      persons_control: also run ``study`` and ``photo`` with their training persons cut
+        to the subject protocol's count (`leak_control`; needs ``subject``): every method
+        trains once or twice more.
       study_kwargs: passed on to `study.run_study` (resnet, dataset, data_dir, ...).
 
     Returns:
       {"rows": [{method, task, protocol, value, low, high, n, persons}], "inflation":
-      [{method, task, versus, value, low, high}], "seconds": {protocol: s}, "leak": ...}.
+      [{method, task, versus, value, low, high, p, excludes_0, p_holm, excludes_0_holm}],
+      "seconds": {protocol: s}, "leak": ..., "control": `leak_control.run_control`'s or
+      None}.
 
     Raises:
       errors.ConfigError: fewer than two protocols, a repeated one, none of them
@@ -90,7 +103,7 @@ def run_comparison(workdir: str, protocols, *, data: str = "synthetic_paired",
         protocols' folders.
     """
     protocols = tuple(protocols)
-    check_protocols(protocols)
+    check_protocols(protocols, persons_control)
     shortened = methods is None and runlocal
     methods = tuple(methods or (RUNLOCAL_METHODS if runlocal else study.METHODS))
     # Every argument checked, then the data built, before anything is written: data that
@@ -104,10 +117,17 @@ def run_comparison(workdir: str, protocols, *, data: str = "synthetic_paired",
         studies, seconds = {}, {}
         for p in protocols:
             t0 = time.perf_counter()
-            studies[p] = study.run_study(os.path.join(workdir, p), data=data, protocol=p,
-                                         runlocal=runlocal, methods=methods,
-                                         num_samples=num_samples, seed=seed, **study_kwargs)
+            studies[p] = study.run_study(
+                os.path.join(workdir, p), data=data, protocol=p, runlocal=runlocal,
+                methods=methods, num_samples=num_samples, seed=seed,
+                left_out=SHORTENED if shortened else study.LEFT_OUT, **study_kwargs)
             seconds[p] = round(time.perf_counter() - t0, 1)
+        control = None
+        if persons_control:
+            t0 = time.perf_counter()
+            control = leak_control.run_control(workdir, prepared, num_samples=num_samples,
+                                               seed=seed)
+            control["seconds"] = seconds["control"] = round(time.perf_counter() - t0, 1)
         rows = accuracy_rows(studies)
         runs = study.plan(data, "study", runlocal=runlocal, methods=methods,
                           seeds=study_kwargs.get("seeds", 1))
@@ -122,9 +142,9 @@ def run_comparison(workdir: str, protocols, *, data: str = "synthetic_paired",
                    "descriptions": {r["folder"]: r["description"]
                                     for r in studies["study"]["runs"]},
                    "leak": leak}
-        write_comparison(workdir, rows, inflation, setting)
+        write_comparison(workdir, rows, inflation, setting, control)
     return {"rows": rows, "inflation": inflation, "seconds": seconds, "leak": leak,
-            "studies": studies}
+            "studies": studies, "control": control}
 
 
 def build_missing_data(workdir: str, prepared: dict) -> None:
@@ -138,15 +158,31 @@ def build_missing_data(workdir: str, prepared: dict) -> None:
         build.build_or_explain(*key)
 
 
-def write_comparison(workdir: str, rows, inflation, setting: dict) -> None:
-    """leak.csv, leak.md and leak.json in ``workdir``."""
+def write_comparison(workdir: str, rows, inflation, setting: dict,
+                     control: dict | None = None) -> None:
+    """leak.csv, leak.md and leak.json in ``workdir``; leak.md adds Holm's decisions under
+    its main table and, with ``control`` (`leak_control.run_control`'s), its section."""
     from fgmask_jax.evaluation import writers
 
     tables.write_leak_csv(os.path.join(workdir, "leak.csv"), rows, inflation)
-    tables.write_leak_markdown(os.path.join(workdir, "leak.md"), rows, inflation, setting,
-                               study.WORDING)
+    path = os.path.join(workdir, "leak.md")
+    # The setting's seconds hold the control's time too: leak.md's line names protocols.
+    tables.write_leak_markdown(path, rows, inflation, {
+        **setting, "seconds": {p: v for p, v in setting["seconds"].items()
+                               if p in setting["protocols"]}}, study.WORDING)
+    with open(path) as f:
+        lines = f.read().split("\n")
+    name = lambda d: f"{study.TITLES[d['method']]} {d['task']} study − {d['versus']}"  # noqa: E731
+    lines = study.insert_before(lines, ("## Mean inflation",), [
+        "", "Many intervals at once: " + study.holm_sentence(inflation, "inflations", name)])
+    if control:
+        lines = study.insert_before(lines, ("## What ran",),
+                                    leak_control.section(control, study.TITLES))
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
     writers.write_json(os.path.join(workdir, "leak.json"),
-                       {"setting": setting, "rows": rows, "inflation": inflation})
+                       {"setting": setting, "rows": rows, "inflation": inflation,
+                        "control": control})
 
 
 def accuracy_rows(studies: dict[str, dict]) -> list[dict]:
@@ -159,7 +195,8 @@ def accuracy_rows(studies: dict[str, dict]) -> list[dict]:
 def inflation_rows(workdir: str, runs, rows, protocols, *, num_samples: int,
                    seed: int) -> list[dict]:
     """Per method, task and other protocol: accuracy under ``study`` minus that under the
-    other one, with a paired interval where both runs kept their predictions (else nan).
+    other one, with a paired interval and p-value where both runs kept their predictions
+    (else nan), and Holm's decision over all of them (`study.with_holm`).
     """
     seeds = {(method, t): group for (method, _), group in study.by_method(runs).items()
              for t in group[0].tasks}
@@ -172,11 +209,12 @@ def inflation_rows(workdir: str, runs, rows, protocols, *, num_samples: int,
         for p in (p for p in protocols if p != "study"):
             theirs = study.correct_by_seed(os.path.join(workdir, p), group, task)
             point = value[method, task, "study"]["value"] - value[method, task, p]["value"]
-            d = (bootstrap.paired_difference(ours, theirs, num_samples=num_samples, seed=seed)
+            d = (bootstrap.difference_test(ours, theirs, num_samples=num_samples, seed=seed)
                  if ours is not None and theirs is not None
-                 else {"low": math.nan, "high": math.nan})
+                 else {"low": math.nan, "high": math.nan, "p": math.nan})
             inflation.append({"method": method, "task": task, "versus": p, "value": point,
-                              "low": d["low"], "high": d["high"]})
+                              "low": d["low"], "high": d["high"], "p": d["p"]})
+    study.with_holm(inflation)
     return inflation
 
 
@@ -208,15 +246,20 @@ def run_protocols(workdir: str, protocols, *, data: str, methods=None, command: 
     (`run_comparison`); returns a line that says what ran and where its report is.
 
     ``methods``: None -> study.METHODS under one protocol, `run_comparison`'s default
-    under several; ``command`` (the command line) goes in the comparison's outputs.
+    under several; ``command`` (the command line) goes in the comparison's outputs;
+    ``persons_control`` (in ``study_kwargs``) needs several protocols.
     """
     protocols = tuple(protocols)
+    persons_control = study_kwargs.pop("persons_control", False)
     if len(protocols) > 1:
         out = run_comparison(workdir, protocols, data=data, methods=methods, command=command,
-                             **study_kwargs)
+                             persons_control=persons_control, **study_kwargs)
         total = sum(out["seconds"].values())
         return (f"study: {len(protocols)} protocols in {total:.0f}s; see "
                 f"{os.path.join(workdir, 'leak.md')}")
+    if persons_control:
+        raise errors.ConfigError("--persons_control compares protocols: give several, "
+                                 "e.g. --protocol=study,photo,subject")
     out = study.run_study(workdir, data=data, protocol=protocols[0] if protocols else "",
                           methods=study.METHODS if methods is None else methods,
                           **study_kwargs)

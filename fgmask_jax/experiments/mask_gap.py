@@ -400,18 +400,8 @@ def score(workdir: str, cells, photo_ids: dict[str, np.ndarray], *, num_samples:
                 d = bootstrap.difference_test(side["unmasked", "unmasked"], side[tr, "masked"],
                                               num_samples=num_samples, seed=seed)
                 costs.append({"method": method, "task": task, "train": tr, **d})
-    with_holm(gaps + costs)
+    study.with_holm(gaps + costs)
     return rows, gaps, costs
-
-
-def with_holm(differences: list[dict], alpha: float = 0.05) -> None:
-    """Adds ``excludes_0`` (the 95% interval excludes 0), ``p_holm`` and ``excludes_0_holm``
-    (Holm's correction over all ``differences`` at family-wise ``alpha``) to each."""
-    holm = bootstrap.holm([d["p"] for d in differences], alpha)
-    for d, adjusted, excludes in zip(differences, holm["adjusted"], holm["excludes_0"],
-                                     strict=True):
-        d.update(excludes_0=bool(not d["low"] <= 0 <= d["high"]), p_holm=float(adjusted),
-                 excludes_0_holm=bool(excludes))
 
 
 def photo_majority_rate(labels: np.ndarray, photos: np.ndarray) -> float:

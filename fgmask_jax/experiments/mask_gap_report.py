@@ -150,11 +150,7 @@ def schedule_line(runs, asked: bool = False) -> str:
 
 def multiple_line(differences) -> str:
     """How many of the differences exclude 0, how many would by chance, and after Holm."""
-    m = len(differences)
-    raw = sum(d["excludes_0"] for d in differences)
-    holm = sum(d["excludes_0_holm"] for d in differences)
-    return (f"- many intervals: {raw} of these {m} gaps and costs exclude 0; with 95% intervals "
-            f"about {m / 20:.1f} would by chance alone if no difference were real. 'After "
-            "Holm' keeps those that still exclude 0 when the family-wise error over all "
-            f"{m} is held at 5% (Holm's step-down correction of two-sided bootstrap "
-            f"p-values): {holm}")
+    from fgmask_jax.experiments import study
+
+    return ("- many intervals: " + study.holm_sentence(differences, "gaps and costs")
+            + " The tables mark each: 'excludes 0' (its 95% interval) and 'after Holm'")

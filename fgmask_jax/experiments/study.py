@@ -13,6 +13,7 @@ back, with intervals from a bootstrap over persons when its per-image prediction
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 
@@ -67,12 +68,17 @@ WORDING = tables.Wording(titles={m: TITLES[m] for m in METHODS}, data=DATA_TEXT,
 assert set(DATA_TEXT) == set(config_lib.DATASETS), "DATA_TEXT: a dataset without words"
 assert set(PROTOCOL_TEXT) == set(config_lib.PROTOCOLS), "PROTOCOL_TEXT: a protocol without words"
 
-# --runlocal: the neural runs keep their runlocal configs (ResNet-18 and the CNN at 64 px,
-# 8 epochs: about 3 and 0.5 minutes each on two CPU cores). VGG-16 (134M parameters,
-# most in fc6; about 1.2 s a step of 32 images even at 32 px) would take over half an
-# hour at 64 px for 8 epochs, so the study runs it at 32 px for two epochs.
-RUNLOCAL_NEURAL: dict = {}
-RUNLOCAL_VGG = {"num_epochs": 2.0, "image_size": 32}
+# --runlocal passes every config its runlocal variant and adds nothing of its own: the
+# variant itself (config_lib._runlocal, baselines.classical_config) shrinks the runs:
+# ResNet-18 and the CNN at 64 px for 8 epochs of batch 32 (about 3 and 0.5 minutes each
+# on two CPU cores), VGG-16 (134M parameters, most in fc6) at 32 px for 2 epochs, the
+# classical methods on 64 px images with a smaller search, and 5 folds under lopo.
+RUNLOCAL_TEXT = ("every config's runlocal variant: the networks at 64 px for 8 epochs of "
+                 "batch 32 (ResNet-18 unless --resnet; VGG-16 at 32 px for 2 epochs), the "
+                 "classical methods on 64 px images with a smaller search of their "
+                 "classifier, and 5 folds of persons under --protocol=lopo")
+# Why a method of METHODS is missing from a study that did not run it.
+LEFT_OUT = "not run: not in --methods"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +88,7 @@ class Run:
     method: str
     task: str | None  # None: every task in one run
     spec: str  # configs/<file>.py:<variants>, as --config= takes it
-    overrides: tuple[tuple[str, object], ...] = ()  # the study's shortening (runlocal)
+    overrides: tuple[tuple[str, object], ...] = ()  # set on its config (none by default)
     seed: int = 0  # config.seed of a neural run: another model on the same splits
 
     @property
@@ -125,8 +131,8 @@ def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
     Args:
       data: fgnet_mask | synthetic | synthetic_paired | fgnet_paired.
       protocol: study | subject | photo (synthetic_paired, fgnet_mask, fgnet_paired) | lopo.
-      runlocal: pass the runlocal variant to every config, and shorten the neural
-        runs by RUNLOCAL_NEURAL (VGG-16: RUNLOCAL_VGG).
+      runlocal: pass the runlocal variant to every config (`RUNLOCAL_TEXT`); the study
+        changes nothing else.
       methods: a subset of METHODS, run in METHODS order.
       resnet: the ResNet of the ResNet methods; "" -> resnet18 under runlocal, else
         resnet152 (the study's).
@@ -148,7 +154,6 @@ def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
         raise errors.ConfigError(
             f"resnet={resnet!r} is not one of: {', '.join(config_lib.MODELS)}")
     common = f"data={data},protocol={protocol}" + (",runlocal" if runlocal else "")
-    neural_short = tuple(RUNLOCAL_NEURAL.items()) if runlocal else ()
 
     def cfg(name: str, extra: str = "") -> str:
         return os.path.join(CONFIGS_DIR, f"{name}.py") + ":" + ",".join(
@@ -163,18 +168,17 @@ def plan(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
                 runs.append(Run(method, None, cfg("vgg_face", f"weights={pretrained_vgg_face}")))
             else:
                 # model=vgg16 spelled out, so that no runlocal default can swap the model.
-                runs += [Run(method, None, cfg("vgg_face", "model=vgg16"),
-                             tuple(RUNLOCAL_VGG.items()) if runlocal else (), s)
+                runs += [Run(method, None, cfg("vgg_face", "model=vgg16"), seed=s)
                          for s in range(seeds)]
         else:
             kind, model = method.rsplit("_", 1)
             model = f"{resnet},pretrained={pretrained_resnet}" if model == "resnet" and \
                 pretrained_resnet else (resnet if model == "resnet" else "cnn")
             if kind == "single_task":
-                runs += [Run(method, t, cfg("single_task", f"task={t},model={model}"),
-                             neural_short, s) for t in TASKS for s in range(seeds)]
+                runs += [Run(method, t, cfg("single_task", f"task={t},model={model}"), seed=s)
+                         for t in TASKS for s in range(seeds)]
             else:
-                runs += [Run(method, None, cfg("multitask", f"model={model}"), neural_short, s)
+                runs += [Run(method, None, cfg("multitask", f"model={model}"), seed=s)
                          for s in range(seeds)]
     return runs
 
@@ -201,8 +205,9 @@ COMPARISONS = (
 def paired_rows(workdir: str, runs, rows, *, num_samples: int, seed: int) -> list[dict]:
     """The study's comparisons (`COMPARISONS`, and per task the best neural method against
     the best classical one by accuracy): accuracy differences on the same test persons
-    (and seeds), each with its paired interval. Pairs whose runs are missing or kept no
-    predictions are left out."""
+    (and seeds), each with its paired interval, bootstrap p-value and Holm's decision over
+    all of them (`with_holm`). Pairs whose runs are missing or kept no predictions are
+    left out."""
     groups = by_method(runs)
     accuracy = {(r["method"], r["task"]): r["value"] for r in rows if r["metric"] == "accuracy"}
     out = []
@@ -221,10 +226,43 @@ def paired_rows(workdir: str, runs, rows, *, num_samples: int, seed: int) -> lis
             correct = [correct_by_seed(workdir, side, task) for side in sides]
             if any(c is None for c in correct):
                 continue
-            d = bootstrap.paired_difference(*correct, num_samples=num_samples, seed=seed)
+            d = bootstrap.difference_test(*correct, num_samples=num_samples, seed=seed)
             out.append({"comparison": what, "task": task, "method": a, "versus": b, **d,
                         "seeds": [len(s) for s in sides]})
+    with_holm(out)
     return out
+
+
+def with_holm(differences: list[dict], alpha: float = 0.05) -> None:
+    """Adds ``excludes_0`` (the 95% interval excludes 0; False without one), ``p_holm`` and
+    ``excludes_0_holm``
+    (Holm's correction over all ``differences``, each with its bootstrap ``p``, at
+    family-wise ``alpha``: `bootstrap.holm`) to each difference."""
+    holm = bootstrap.holm([d["p"] for d in differences], alpha)
+    for d, adjusted, excludes in zip(differences, holm["adjusted"], holm["excludes_0"],
+                                     strict=True):
+        d.update(excludes_0=bool(d["low"] > 0 or d["high"] < 0), p_holm=float(adjusted),
+                 excludes_0_holm=bool(excludes))
+
+
+def holm_sentence(differences, what: str, name=lambda d: "", chance: bool = True) -> str:
+    """How many of ``differences`` (`with_holm`'s) exclude 0 and how many would by chance
+    alone (``chance``), and which still do after Holm's correction; ``name`` names one."""
+    differences = [d for d in differences if not math.isnan(d["p"])]  # with an interval
+    m = len(differences)
+    raw = sum(d["excludes_0"] for d in differences)
+    kept = [name(d) for d in differences if d["excludes_0_holm"]]
+    which = f": {'; '.join(kept)}" if kept and all(kept) else ""
+
+    def excludes(n: int) -> str:
+        return "excludes" if n == 1 else "exclude"
+
+    return ((f"{raw} of these {m} {what} {excludes(raw)} 0; with 95% intervals about "
+             f"{m / 20:.1f} would by chance alone if no difference were real. " if chance
+             else "")
+            + f"After Holm's step-down correction over all {m} {what} (two-sided bootstrap "
+            f"p-values, family-wise error 5%), {len(kept)} still {excludes(len(kept))} "
+            f"0{which}.")
 
 
 def _runs_of(groups, method: str, task: str) -> list[Run]:
@@ -247,19 +285,23 @@ def run_study(workdir: str, *, data: str = "synthetic", protocol: str = "study",
               pretrained_resnet: str = "", pretrained_vgg_face: str = "",
               dataset: str = "", data_dir: str = "",
               manual_dir: str = "", neural_overrides=None, lopo_folds: int = 0,
-              num_samples: int = 1000, seed: int = 0, seeds: int = 1) -> dict:
+              num_samples: int = 1000, seed: int = 0, seeds: int = 1,
+              left_out: str = LEFT_OUT) -> dict:
     """Runs the missing runs of the study in ``workdir`` and writes study.md/csv/png/json.
 
     Args (see `plan` and `make_config` for the others):
       workdir: the study's folder; each run in ``workdir/<method>[/<task>][.seed<s>]``.
       num_samples, seed: of the person bootstrap.
       seeds: training seeds of each neural method (`plan`).
+      left_out: why the methods of METHODS not in ``methods`` did not run, in a line of
+        study.md under the accuracy table, so that none goes missing silently.
 
     Returns:
       {"rows": [{method, task, metric, value, low, high, sd, n, persons, seeds}],
-      "paired": [{comparison, task, method, versus, value, low, high, seeds}], "runs":
-      [{folder, status ('ran' | 'skipped'), seconds, config, description}],
-      "notes": [str], "seconds": wall time of this call}.
+      "paired": [{comparison, task, method, versus, value, low, high, p, excludes_0,
+      p_holm, excludes_0_holm, seeds}], "runs": [{folder, status ('ran' | 'skipped'),
+      seconds, config, description}], "left_out": {method: why}, "notes": [str],
+      "seconds": wall time of this call}.
 
     Raises:
       errors.UserError: data, a protocol, a method or an override the study has not
@@ -296,14 +338,46 @@ def run_study(workdir: str, *, data: str = "synthetic", protocol: str = "study",
                    "titles": titles_of(runs, configs)}
         ran = [records[r.folder] for r in runs]
         tables.write_csv(os.path.join(workdir, "study.csv"), rows, floor)
-        tables.write_markdown(os.path.join(workdir, "study.md"), rows, floor, setting, ran,
-                              notes, WORDING, paired)
+        missing = {m: left_out for m in METHODS if m not in methods}
+        report = os.path.join(workdir, "study.md")
+        tables.write_markdown(report, rows, floor, setting, ran, notes, WORDING, paired)
+        add_to_report(report, paired, missing)
         tables.write_plot(os.path.join(workdir, "study.png"), rows, floor, setting, WORDING)
         writers.write_json(json_path, {"runs": {**previous, **records}, "setting": setting,
-                                       "paired": paired,
+                                       "paired": paired, "left_out": missing,
                                        "last_call_seconds": round(seconds, 1)})
     return {"rows": rows, "floor": floor, "paired": paired, "runs": ran, "notes": notes,
-            "seconds": seconds}
+            "left_out": missing, "seconds": seconds}
+
+
+def add_to_report(path: str, paired, missing: dict[str, str]) -> None:
+    """Adds to study.md (as `tables.write_markdown` wrote it) a line under the accuracy
+    table for each method of METHODS that did not run, and Holm's decisions under the
+    paired comparisons."""
+    with open(path) as f:
+        lines = f.read().split("\n")
+    if missing:
+        notes = [f"- {TITLES[m]}: {why}" for m, why in missing.items()]
+        lines = insert_before(lines, ("## Paired comparisons", "## Balanced accuracy"),
+                              ["", f"Not in this table ({len(missing)} of the eight "
+                               "methods):", "", *notes])
+    if paired:
+        name = lambda d: (f"{TITLES[d['method']]} − {TITLES[d['versus']]}, "  # noqa: E731
+                          f"{d['task']}")
+        lines = insert_before(lines, ("## Balanced accuracy",), [
+            "", holm_sentence(paired, "comparisons", name, chance=False)])
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def insert_before(lines: list[str], headings, new: list[str]) -> list[str]:
+    """``lines`` with ``new`` before the first line that starts with one of ``headings``
+    (its blank line kept above it), or at the end if none does."""
+    at = next((i for i, line in enumerate(lines) if line.startswith(tuple(headings))),
+              len(lines))
+    if at and not lines[at - 1]:
+        at -= 1  # keep the heading's blank line before it
+    return lines[:at] + new + lines[at:]
 
 
 def prepare(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
@@ -314,8 +388,10 @@ def prepare(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS
     """(the runs of `plan`, their configs of `make_config`), with every argument checked.
 
     Raises:
-      errors.ConfigError: as `plan` and `make_config` raise it.
+      errors.ConfigError: as `plan` and `make_config` raise it, or a pretrained file that
+        is not there (`check_weight_files`).
     """
+    check_weight_files(methods, pretrained_resnet, pretrained_vgg_face)
     runs = plan(data, protocol, runlocal=runlocal, methods=methods, resnet=resnet,
                 pretrained_resnet=pretrained_resnet, pretrained_vgg_face=pretrained_vgg_face,
                 seeds=seeds)
@@ -323,6 +399,21 @@ def prepare(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS
                            neural_overrides=neural_overrides, lopo_folds=lopo_folds)
                for r in runs]
     return runs, configs
+
+
+def check_weight_files(methods, pretrained_resnet: str, pretrained_vgg_face: str) -> None:
+    """Raises `errors.ConfigError` for a pretrained file given to a method that runs but not
+    there: no weights are downloaded, and a study would otherwise stop at that method after
+    the others have run."""
+    for path, needs, what in (
+            (pretrained_resnet, ("single_task_resnet", "multitask_resnet"), "the ResNets"),
+            (pretrained_vgg_face, ("vgg_face",), "VGG-Face")):
+        if path and any(m in methods for m in needs) and not os.path.isfile(path):
+            raise errors.ConfigError(
+                f"{path}: no such weights file for {what}; weights are only read from local "
+                "files (docs/pretrained.md)"
+                + ("; without --pretrained_vgg_face, VGG-Face is VGG-16 trained end to end"
+                   if what == "VGG-Face" else ""))
 
 
 def missing_data(workdir: str, runs, configs) -> list[tuple[str, str, str | None]]:
@@ -389,14 +480,12 @@ def summarize_runs(workdir: str, runs, *, num_samples: int, seed: int):
 def changes_made(runs, configs, runlocal: bool, neural_overrides) -> list[str]:
     """How the study changed the configs, in words."""
     changes = []
-    if runlocal and RUNLOCAL_NEURAL:
-        changes.append("neural runs shortened for the study: "
-                       + ", ".join(f"{k}={v:g}" for k, v in RUNLOCAL_NEURAL.items()))
     if any(r.method == "vgg_face" and is_neural(c) for r, c in zip(runs, configs, strict=True)):
         vgg = next(c for r, c in zip(runs, configs, strict=True) if r.method == "vgg_face")
         changes.append(f"VGG-Face ran as {describe(vgg)}"
-                       + ("; shortened for the study so that it fits 30 minutes on two CPU "
-                          "cores" if runlocal else ""))
+                       + ("; its runlocal variant shrinks it more than the other networks "
+                          "(32 px, 2 epochs), so that it fits 30 minutes on two CPU cores"
+                          if runlocal else ""))
     if neural_overrides:
         items = neural_overrides.items() if isinstance(neural_overrides, dict) \
             else neural_overrides
