@@ -6,8 +6,12 @@ Calibration of Modern Neural Networks") bins the top-label confidence into equal
 bins and averages |accuracy - mean confidence| over the bins, weighted by their counts.
 
 Temperature scaling divides every logit by one scalar T > 0 fitted on held-out data
-(the validation subset, never the test split). It leaves the argmax, and therefore
-accuracy, balanced accuracy and the confusion matrix, unchanged.
+(a trainer's validation persons that did not choose its checkpoint, never the test split).
+It leaves the argmax, and therefore accuracy, balanced accuracy and the confusion matrix,
+unchanged. `judge` measures ECE and NLL before and after it, with intervals from a
+bootstrap over persons; `calibration_by_group` does so inside each subgroup (an age group,
+a mask kind); a temperature may also be given per image (float[N]): pooled folds of
+leave-persons-out, each image divided by its own fold's T.
 
 The fit: the negative log-likelihood of logits z scaled by b = 1/T,
 ``NLL(b) = mean(logsumexp(b z) - b z_y)``, is convex in b (a log-sum-exp of functions
@@ -25,9 +29,11 @@ All functions are numpy, in float64.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from fgmask_jax.evaluation import subgroups
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 
@@ -106,6 +112,22 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray,
     return float((bins["count"][filled] * gaps).sum() / n)
 
 
+def _person_draws(subject_ids: np.ndarray, num_samples: int,
+                  seed: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """(each image's person as 0..P-1, P, draw counts int64[S, P]): the samples of
+    `bootstrap.person_bootstrap`, each P persons drawn with replacement."""
+    persons, person = np.unique(np.asarray(subject_ids), return_inverse=True)
+    p = len(persons)
+    rng = np.random.default_rng(seed)
+    return person, p, rng.multinomial(p, np.full(p, 1.0 / p), size=num_samples)
+
+
+def _percentiles(samples: np.ndarray, confidence: float) -> tuple[float, float]:
+    tails = 100 * np.array([(1 - confidence) / 2, (1 + confidence) / 2])
+    low, high = np.percentile(samples, tails)
+    return float(low), float(high)
+
+
 def ece_interval(probs: np.ndarray, labels: np.ndarray, subject_ids: np.ndarray,
                  num_bins: int = 15, *, num_samples: int = 1000, seed: int = 0,
                  confidence: float = 0.95) -> tuple[float, float]:
@@ -120,37 +142,58 @@ def ece_interval(probs: np.ndarray, labels: np.ndarray, subject_ids: np.ndarray,
     top = probs.max(-1)
     correct = (probs.argmax(-1) == labels).astype(np.float64)
     index = np.clip(np.ceil(top * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
-    persons, person = np.unique(np.asarray(subject_ids), return_inverse=True)
-    p = len(persons)
+    person, p, counts = _person_draws(subject_ids, num_samples, seed)
     cell = person * num_bins + index
 
     def per_person(weights):
         return np.bincount(cell, weights, minlength=p * num_bins).reshape(p, num_bins)
 
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(p, np.full(p, 1.0 / p), size=num_samples)  # int64[S, P]
     gaps = np.abs(counts @ per_person(correct) - counts @ per_person(top)).sum(-1)
     n = counts @ per_person(np.ones_like(top)).sum(-1)
-    tails = 100 * np.array([(1 - confidence) / 2, (1 + confidence) / 2])
-    low, high = np.percentile(gaps / n, tails)
-    return float(low), float(high)
+    return _percentiles(gaps / n, confidence)
+
+
+def nll_interval(logits: np.ndarray, labels: np.ndarray, subject_ids: np.ndarray,
+                 temperature: float | np.ndarray = 1.0, *, num_samples: int = 1000,
+                 seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
+    """A percentile interval of `negative_log_likelihood` from the same bootstrap over
+    persons as `ece_interval` (the same ``seed`` draws the same persons)."""
+    z, labels = _check_probs_labels(logits, labels)
+    losses = _per_image_nll(apply_temperature(z, temperature), labels)
+    person, p, counts = _person_draws(subject_ids, num_samples, seed)
+    sums = np.bincount(person, losses, minlength=p)
+    n = np.bincount(person, minlength=p)
+    return _percentiles((counts @ sums) / (counts @ n), confidence)
+
+
+def _per_image_nll(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """float64[N]: -log softmax(z)[label] of each row."""
+    m = z.max(-1)
+    lse = m + np.log(np.exp(z - m[:, None]).sum(-1))
+    return lse - z[np.arange(len(labels)), labels]
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray,
-                            temperature: float = 1.0) -> float:
-    """Mean cross-entropy of ``logits / temperature`` against ``labels`` (nats)."""
+                            temperature: float | np.ndarray = 1.0) -> float:
+    """Mean cross-entropy of ``logits / temperature`` against ``labels`` (nats);
+    ``temperature`` a scalar or one per row (`apply_temperature`)."""
     z, labels = _check_probs_labels(logits, labels)
-    z = z / temperature
-    m = z.max(-1)
-    lse = m + np.log(np.exp(z - m[:, None]).sum(-1))
-    return float(np.mean(lse - z[np.arange(len(labels)), labels]))
+    return float(np.mean(_per_image_nll(apply_temperature(z, temperature), labels)))
 
 
-def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """float64[N, C] logits divided by ``temperature`` (> 0): same argmax, other confidence."""
-    if not temperature > 0:
+def apply_temperature(logits: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
+    """float64[N, C] logits divided by ``temperature`` (> 0): same argmax, other confidence.
+
+    ``temperature``: one scalar, or float[N], one per row (pooled folds, each with its own).
+    """
+    z = np.asarray(logits, np.float64)
+    t = np.asarray(temperature, np.float64)
+    if t.ndim > 1 or (t.ndim == 1 and t.shape != z.shape[:1]):
+        raise ValueError(f"temperature {t.shape} must be a scalar or one per row of "
+                         f"logits {z.shape}")
+    if not np.all(t > 0):
         raise ValueError(f"temperature={temperature} must be positive")
-    return np.asarray(logits, np.float64) / temperature
+    return z / (t[:, None] if t.ndim else t)
 
 
 def _nll_slope(z: np.ndarray, labels: np.ndarray, inverse_t: float) -> float:
@@ -214,6 +257,48 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, *,
     return fit_temperature_info(logits, labels, bounds=bounds)["temperature"]
 
 
+def judge(logits: np.ndarray, labels: np.ndarray, temperature: float | np.ndarray,
+          subject_ids: np.ndarray | None = None, *, num_bins: int = 15,
+          seed: int = 0) -> dict:
+    """ECE and NLL of ``logits`` at T = 1 and divided by ``temperature``.
+
+    Args:
+      logits: float[N, C].
+      labels: int[N].
+      temperature: a scalar, or float[N] (each image its own: pooled folds).
+      subject_ids: int[N], the person of each image: the ECEs and NLLs then get 95%
+        intervals by person (`ece_interval`, `nll_interval`, seeded by ``seed``).
+      num_bins: ECE bins.
+
+    Returns:
+      {"n", "ece", "ece_scaled", "nll", "nll_scaled", "reliability",
+      "reliability_scaled"} (the two reliability entries are `reliability_bins`, numpy
+      arrays); with ``subject_ids``, also "ece_interval", "ece_scaled_interval",
+      "nll_interval" and "nll_scaled_interval" ([low, high]).
+    """
+    z, y = _check_probs_labels(logits, labels)
+    scaled = apply_temperature(z, temperature)
+    probs, probs_scaled = softmax(z), softmax(scaled)
+    out = {
+        "n": int(len(y)),
+        "ece": expected_calibration_error(probs, y, num_bins),
+        "ece_scaled": expected_calibration_error(probs_scaled, y, num_bins),
+        "nll": negative_log_likelihood(z, y),
+        "nll_scaled": negative_log_likelihood(scaled, y),
+        "reliability": reliability_bins(probs, y, num_bins),
+        "reliability_scaled": reliability_bins(probs_scaled, y, num_bins),
+    }
+    if subject_ids is not None:
+        if np.shape(subject_ids) != y.shape:
+            raise ValueError(f"subject_ids {np.shape(subject_ids)} must be [N] of labels "
+                             f"{y.shape}")
+        for key, p in (("ece_interval", probs), ("ece_scaled_interval", probs_scaled)):
+            out[key] = list(ece_interval(p, y, subject_ids, num_bins, seed=seed))
+        for key, x in (("nll_interval", z), ("nll_scaled_interval", scaled)):
+            out[key] = list(nll_interval(x, y, subject_ids, seed=seed))
+    return out
+
+
 def calibrate_tasks(fit_logits: Mapping[str, np.ndarray], fit_labels: Mapping[str, np.ndarray],
                     eval_logits: Mapping[str, np.ndarray], eval_labels: Mapping[str, np.ndarray],
                     *, num_bins: int = 15,
@@ -223,21 +308,21 @@ def calibrate_tasks(fit_logits: Mapping[str, np.ndarray], fit_labels: Mapping[st
     """Per task: a temperature fitted on one set, ECE and NLL before and after on another.
 
     Args:
-      fit_logits, fit_labels: {task: float[M, C]}, {task: int[M]}: the validation
-        subset, where T is fitted.
+      fit_logits, fit_labels: {task: float[M, C]}, {task: int[M]}: held-out images where
+        T is fitted (the trainer's temperature half of its validation persons).
       eval_logits, eval_labels: {task: float[N, C]}, {task: int[N]}: the test split,
         where it is judged.
       num_bins: ECE bins.
       bounds: allowed temperatures.
-      eval_subjects: {task: int[N]}, the person of each evaluation image: the ECEs then
-        get 95% intervals by person (`ece_interval`, seeded by ``seed``).
+      eval_subjects: {task: int[N]}, the person of each evaluation image: the ECEs and
+        NLLs then get 95% intervals by person (`judge`, seeded by ``seed``).
 
     Returns:
       {task: {"n", "temperature", "at_bound", "ece", "ece_scaled", "nll", "nll_scaled",
       "reliability", "reliability_scaled"}}: ECE and NLL on the evaluation set at T = 1
       and at the fitted T; the two reliability entries are `reliability_bins` (numpy
-      arrays: drop or convert them before writing JSON); with ``eval_subjects``, also
-      "ece_interval" and "ece_scaled_interval" ([low, high]).
+      arrays: drop or convert them before writing JSON); with ``eval_subjects``, also the
+      intervals of `judge`.
 
     Raises:
       KeyError: a task of ``eval_logits`` missing from another mapping.
@@ -249,27 +334,70 @@ def calibrate_tasks(fit_logits: Mapping[str, np.ndarray], fit_labels: Mapping[st
             if task not in mapping:
                 raise KeyError(f"task {task!r} of eval_logits is missing from {name}")
         fit = fit_temperature_info(fit_logits[task], fit_labels[task], bounds=bounds)
-        t, y = fit["temperature"], np.asarray(eval_labels[task])
-        probs, probs_scaled = softmax(z), softmax(apply_temperature(z, t))
-        out[task] = {
-            "n": int(len(y)),
-            "temperature": t,
-            "at_bound": fit["at_bound"],
-            "ece": expected_calibration_error(probs, y, num_bins),
-            "ece_scaled": expected_calibration_error(probs_scaled, y, num_bins),
-            "nll": negative_log_likelihood(z, y),
-            "nll_scaled": negative_log_likelihood(z, y, t),
-            "reliability": reliability_bins(probs, y, num_bins),
-            "reliability_scaled": reliability_bins(probs_scaled, y, num_bins),
-        }
-        if eval_subjects is not None:
-            for key, p in (("ece_interval", probs), ("ece_scaled_interval", probs_scaled)):
-                out[task][key] = list(ece_interval(p, y, eval_subjects[task], num_bins,
-                                                   seed=seed))
+        subjects = None if eval_subjects is None else eval_subjects[task]
+        out[task] = {"temperature": fit["temperature"], "at_bound": fit["at_bound"],
+                     **judge(z, eval_labels[task], fit["temperature"], subjects,
+                             num_bins=num_bins, seed=seed)}
     return out
+
+
+def calibration_by_group(logits: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
+                         temperatures: Mapping[str, float | np.ndarray],
+                         subject_ids: np.ndarray, groups: Mapping[str, np.ndarray], *,
+                         group_names: Mapping[str, Sequence[str]] | None = None,
+                         num_bins: int = 15, seed: int = 0) -> dict[str, dict[str, dict]]:
+    """Per subgroup (an age group, a mask kind) and task: ECE and NLL before and after
+    temperature, with 95% intervals from a bootstrap over the subgroup's persons.
+
+    Args:
+      logits, labels: {task: float[N, C]}, {task: int[N]} of the evaluation images.
+      temperatures: {task: T}, or {task: float[N]} one per image (pooled folds).
+      subject_ids: int[N].
+      groups: {group variable: [N] values}, as `subgroups.subgroup_accuracy`.
+      group_names: {group variable: names of codes 0, 1, ...}.
+
+    Returns:
+      {group: {value name: {"n", "persons", "tasks": {task: `judge`'s scalars}}}}, values
+      in sorted order of their codes; JSON-ready. The subgroups' n sum to N.
+
+    Raises:
+      ValueError: arrays of another length than ``subject_ids``, or codes without a name.
+    """
+    subject_ids = np.asarray(subject_ids)
+    n = len(subject_ids)
+    per_image = {f"logits[{t!r}]": np.shape(z)[:1] for t, z in logits.items()}
+    per_image.update({f"labels[{t!r}]": np.shape(labels[t]) for t in logits})
+    per_image.update({f"temperatures[{t!r}]": np.shape(temperatures[t]) for t in logits
+                      if np.ndim(temperatures[t])})
+    per_image.update({f"groups[{g!r}]": np.shape(v) for g, v in groups.items()})
+    for what, shape in per_image.items():
+        if shape != (n,):
+            raise ValueError(f"{what} has {shape[:1]} rows; subject_ids has {n}")
+    group_names = group_names or {}
+    out = {}
+    for group, values in groups.items():
+        values = np.asarray(values)
+        distinct, names = subgroups.value_names(group, values, group_names.get(group))
+        rows = {}
+        for value, name in zip(distinct, names, strict=True):
+            member = values == value
+            row = {"n": int(member.sum()),
+                   "persons": int(len(np.unique(subject_ids[member]))), "tasks": {}}
+            for task, z in logits.items():
+                t = np.asarray(temperatures[task], np.float64)
+                judged = judge(np.asarray(z)[member], np.asarray(labels[task])[member],
+                               t[member] if t.ndim else t, subject_ids[member],
+                               num_bins=num_bins, seed=seed)
+                row["tasks"][task] = _without_reliability(judged)
+            rows[name] = row
+        out[group] = rows
+    return out
+
+
+def _without_reliability(result: Mapping) -> dict:
+    return {k: v for k, v in result.items() if not k.startswith("reliability")}
 
 
 def scalars(results: Mapping[str, dict]) -> dict[str, dict]:
     """`calibrate_tasks` output without the reliability arrays: JSON-ready."""
-    return {task: {k: v for k, v in r.items() if not k.startswith("reliability")}
-            for task, r in results.items()}
+    return {task: _without_reliability(r) for task, r in results.items()}

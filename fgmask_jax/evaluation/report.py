@@ -82,71 +82,123 @@ def _save(fig, path: str) -> None:
         fig.savefig(f, format="png", dpi=100)
 
 
+def _temperature(r: dict, digits: int = 3) -> str:
+    """A task's fitted T, "(bound)" where the fit stopped at the edge of the allowed range;
+    for pooled folds (``fold_temperatures``), the range of the folds' own."""
+    if "temperature" in r:
+        return f"{r['temperature']:.{digits}f}" + (" (bound)" if r.get("at_bound") else "")
+    folds = r["fold_temperatures"]
+    return f"{min(folds):.{digits}f} to {max(folds):.{digits}f} ({len(folds)} folds)"
+
+
+def _with_interval(r: dict, key: str) -> str:
+    """'value [low, high]' of a calibration entry (the value alone without an interval)."""
+    bounds = r.get(f"{key}_interval")
+    return f"{r[key]:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
+
+
 def plot_reliability(results: dict[str, dict], path: str, title: str = "") -> None:
     """Reliability diagrams, one panel per task, before and after temperature scaling.
 
     results: `calibration.calibrate_tasks` output ({task: {"reliability",
-    "reliability_scaled", "ece", "ece_scaled", "temperature", ...}}). Each panel plots
-    accuracy against mean confidence per filled bin (marker area ~ bin count) and the
-    diagonal of perfect calibration.
+    "reliability_scaled", "ece", "ece_scaled", "temperature", ...}}; pooled folds give
+    "fold_temperatures" instead of "temperature"). Each panel plots accuracy against mean
+    confidence per filled bin (marker area ~ bin count) and the diagonal of perfect
+    calibration; the legend gives each ECE with its interval where there is one.
     """
     tasks = list(results)
     fig = Figure(figsize=(3.6 * len(tasks), 3.8), layout="constrained")
     axes = fig.subplots(1, len(tasks), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         r = results[task]
+        scaled = (f"T = {r['temperature']:.2f}" if "temperature" in r
+                  else "T of each fold")
         ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
         for key, ece, label, color in (
-                ("reliability", r["ece"], "T = 1", "tab:red"),
-                ("reliability_scaled", r["ece_scaled"], f"T = {r['temperature']:.2f}",
-                 "tab:blue")):
+                ("reliability", "ece", "T = 1", "tab:red"),
+                ("reliability_scaled", "ece_scaled", scaled, "tab:blue")):
             bins = r[key]
             filled = bins["count"] > 0
             size = 200 * bins["count"][filled] / max(bins["count"].sum(), 1)
             ax.plot(bins["confidence"][filled], bins["accuracy"][filled], color=color, lw=1)
             ax.scatter(bins["confidence"][filled], bins["accuracy"][filled], s=size + 8,
-                       color=color, label=f"{label}: ECE {ece:.3f}")
+                       color=color, label=f"{label}: ECE {_with_interval(r, ece)}")
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
         ax.set_aspect("equal")
         ax.set_xlabel("confidence (top probability)")
         ax.set_ylabel("accuracy")
         ax.set_title(task)
-        ax.legend(loc="upper left", fontsize=8)
+        ax.legend(loc="upper left", fontsize=7)
     if title:
         fig.suptitle(title)
     _save(fig, path)
 
 
 def format_calibration(results: dict[str, dict]) -> str:
-    """Markdown table of `calibration.calibrate_tasks` output."""
+    """Markdown table of `calibration.calibrate_tasks` output (or pooled folds')."""
     lines = ["| task | n | temperature | ECE | ECE scaled | NLL | NLL scaled |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    def ece(r, key):
-        bounds = r.get(f"{key}_interval")
-        return f"{r[key]:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
-
     for task, r in results.items():
-        t = f"{r['temperature']:.3f}" + (" (bound)" if r.get("at_bound") else "")
-        lines.append(f"| {task} | {r['n']} | {t} | {ece(r, 'ece')} | {ece(r, 'ece_scaled')} | "
-                     f"{r['nll']:.3f} | {r['nll_scaled']:.3f} |")
+        lines.append(f"| {task} | {r['n']} | {_temperature(r)} | {_with_interval(r, 'ece')} | "
+                     f"{_with_interval(r, 'ece_scaled')} | {_with_interval(r, 'nll')} | "
+                     f"{_with_interval(r, 'nll_scaled')} |")
     return "\n".join(lines)
 
 
 def calibration_section(workdir: str, results: dict[str, dict], split: str = "test",
-                        fitted_on: str = "validation") -> str:
-    """Writes ``reliability_<split>.png``; returns the markdown section."""
-    name = f"reliability_{split}.png"
+                        fitted_on: str = "the validation subset") -> str:
+    """Writes ``reliability_<split>.png``; returns the markdown section.
+
+    fitted_on: where the temperature came from, in words ("the temperature half of the
+    validation persons (...)").
+    """
+    name = f"reliability_{split.replace(' ', '_')}.png"
     plot_reliability(results, os.path.join(workdir, name), f"{split}: reliability")
     num_bins = len(next(iter(results.values()))["reliability"]["count"]) if results else 0
     return "\n".join([
         f"## Calibration ({split})", "",
-        f"Expected calibration error (top label, {num_bins} equal-width bins) at T = 1 and after "
-        f"dividing the logits by a temperature T fitted on the {fitted_on} subset "
-        "(minimum NLL). Temperature scaling does not change any prediction or accuracy. "
-        "\"(bound)\": the NLL was still falling at the edge of the allowed range. ECE's "
-        "intervals: 95%, by person.", "",
+        f"Expected calibration error (top label, {num_bins} equal-width bins) and NLL at "
+        "T = 1 and after dividing the logits by a temperature T (minimum NLL) fitted on "
+        f"{fitted_on}. Temperature scaling does not change any prediction or accuracy. "
+        "\"(bound)\": the NLL was still falling at the edge of the allowed range. Intervals: "
+        "95%, by person; a bootstrap sample's ECE is biased upward, so an ECE's interval "
+        "may sit above its value: read it as the spread.", "",
         format_calibration(results), "", f"![{split} reliability]({name})", ""])
+
+
+def format_calibration_by_group(results: dict[str, dict[str, dict]]) -> str:
+    """Markdown, one table per group variable, from `calibration.calibration_by_group`:
+    rows are the group's values; per task, ECE [interval] at T = 1 and after T."""
+    parts = []
+    for group, rows in results.items():
+        tasks = list(dict.fromkeys(t for row in rows.values() for t in row["tasks"]))
+        parts += [f"### by {group}", "",
+                  f"| {group} | n | persons | "
+                  + " | ".join(f"{t} ECE | {t} ECE scaled" for t in tasks) + " |",
+                  "|---|---:|---:|" + "---:|---:|" * len(tasks)]
+        for value, row in rows.items():
+            cells = [f"{_with_interval(row['tasks'][t], 'ece')} | "
+                     f"{_with_interval(row['tasks'][t], 'ece_scaled')}" for t in tasks]
+            parts.append(f"| {value} | {row['n']} | {row['persons']} | "
+                         + " | ".join(cells) + " |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def calibration_group_section(results: dict[str, dict[str, dict]],
+                              skipped: dict[str, str] | None = None,
+                              split: str = "test") -> str:
+    """The markdown section of `calibration.calibration_by_group` output; ``skipped``:
+    {group variable: why it has no table}."""
+    notes = [f"No table by {group}: {why}." for group, why in (skipped or {}).items()]
+    return "\n".join([
+        f"## Calibration by subgroup ({split})", "",
+        "ECE [95% interval by the subgroup's persons] at T = 1 and after the same "
+        "temperature as above. A subgroup of few persons has a wide interval; the ECE of "
+        "a small subgroup is biased upward (few images per bin).", "",
+        *([" ".join(notes), ""] if notes else []),
+        format_calibration_by_group(results)])
 
 
 def plot_mean_saliency(mean_image: np.ndarray, maps: dict[str, np.ndarray], path: str,

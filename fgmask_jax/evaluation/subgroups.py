@@ -22,9 +22,10 @@ import numpy as np
 from fgmask_jax.evaluation import bootstrap
 
 
-def _value_names(name: str, values: np.ndarray,
-                 names: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
-    """(sorted distinct values, their display names) of one group variable."""
+def value_names(name: str, values: np.ndarray,
+                names: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
+    """(sorted distinct values, their display names) of one group variable: ``names[code]``
+    for integer codes when ``names`` are given, else the values themselves."""
     distinct = np.unique(values)
     if names is None:
         return distinct, [v.decode() if isinstance(v, bytes) else str(v) for v in distinct]
@@ -82,7 +83,7 @@ def subgroup_accuracy(labels: Mapping[str, np.ndarray], predictions: Mapping[str
     out = {}
     for group, values in groups.items():
         values = np.asarray(values)
-        distinct, names = _value_names(group, values, group_names.get(group))
+        distinct, names = value_names(group, values, group_names.get(group))
         rows = {}
         for value, name in zip(distinct, names, strict=True):
             member = values == value
