@@ -69,12 +69,22 @@ def test_train_and_evaluate_writes_metrics_checkpoints_and_report(small_data_dir
     report = (tmp_path / "report.md").read_text()
     assert "| gender | 15 |" in report and "majority rate" in report
     assert final_state(tmp_path)[0] == 6
-    # Calibration (temperature fitted on the validation subset) and accuracy by subgroup.
+    # Calibration (temperature fitted on the validation persons that did not pick the
+    # checkpoint, or with too few of them on all) per task and per age group and mask kind.
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["calibration"]) == set(TASKS)
     for c in saved["calibration"].values():
         assert c["temperature"] > 0 and 0 <= c["ece"] <= 1 and c["n"] == 15
+        assert c["ece_interval"][0] <= c["ece_interval"][1]
+    subsets = saved["calibration_subsets"]
+    assert subsets["note"] in report
+    if subsets["split"]:
+        assert not set(subsets["stop"]["persons"]) & set(subsets["temperature"]["persons"])
+    for group in ("age_group", "mask_kind"):
+        rows = saved["calibration_by_group"][group]
+        assert sum(r["n"] for r in rows.values()) == 15
     assert "## Calibration (test)" in report and (tmp_path / "reliability_test.png").exists()
+    assert "## Calibration by subgroup (test)" in report and "### by mask_kind" in report
     gender = saved["subgroups"]["gender"]
     assert sum(g["n"] for g in gender.values()) == 15
     assert "## Accuracy by subgroup (test)" in report
@@ -228,6 +238,14 @@ def test_lopo_trains_one_model_per_fold_and_pools_every_image(small_data_dir, tm
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["folds"] == 3 and saved["test"]["gender"]["n"] == 60
     assert "leave-persons-out over 3 folds" in (tmp_path / "report.md").read_text()
+    # Pooled calibration: each fold's own temperature on its own images.
+    pooled_calibration = saved["pooled_calibration"]
+    for task in TASKS:
+        c = pooled_calibration["tasks"][task]
+        assert c["n"] == 60 and c["fold_temperatures"] == [
+            f["calibration"][task]["temperature"] for f in results["folds"]]
+    assert sum(r["n"] for r in pooled_calibration["by_group"]["age_group"].values()) == 60
+    assert "## Calibration (pooled folds)" in (tmp_path / "report.md").read_text()
 
     # Run again: the finished folds are read back, not trained again.
     calls.clear()
