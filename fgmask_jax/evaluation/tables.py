@@ -1,8 +1,8 @@
-"""The experiments' tables: the study's (study.csv, study.md, study.png), the copy leak's
-(leak.csv, leak.md) and the mask gap's (mask_gap.md).
+"""The experiments' tables: the study's (study.csv, study.md, study.png) and the copy leak's
+(leak.csv, leak.md); the mask gap's are `experiments.mask_gap_report`.
 
 Rows are plain dicts: ``{method, task, metric, value, low, high, n, persons}`` for the
-study, with ``protocol`` for the leak and ``train``/``test`` for the mask gap; values,
+study, with ``protocol`` for the leak; values,
 ``low`` and ``high`` are fractions, ``low``/``high`` nan where a run has no interval.
 How methods, data and protocols are named in words is the experiments' to say: they
 pass it as a `Wording`.
@@ -328,94 +328,4 @@ def _leak_setting(setting: dict, num_methods: int, words: Wording) -> list[str]:
     secs = setting["seconds"]
     lines.append("- wall time: " + ", ".join(f"{p} {secs[p] / 60:.1f} min" for p in protocols)
                  + f"; {sum(secs.values()) / 60:.1f} min in all (0 for finished runs reused)")
-    return lines
-
-
-# --- what the mask costs --------------------------------------------------------------
-
-
-def _sized(s: dict) -> str:
-    return f"{s['images']:,} images of {s['photos']:,} photos, {s['persons']} persons"
-
-
-def write_mask_gap_markdown(path: str, rows, gaps, costs, setting: dict, runs,
-                            words: Wording, trainings: dict[str, str],
-                            shortening: dict) -> None:
-    """mask_gap.md: per method, a table of task x training set with both tests and the gap.
-
-    ``trainings``: training set -> its name in words; ``shortening``: what --runlocal
-    changed in the configs (``{key: value}``).
-    """
-    lines = _mask_gap_setting(rows, setting, words, shortening)
-    floor = {}
-    for r in rows:
-        floor.setdefault((r["task"], r["test"]), r["majority_rate"])
-    for m in dict.fromkeys(r["method"] for r in rows):
-        lines += ["", f"## {words.titles[m]}", "",
-                  "| task | trained on | masked test | unmasked test | gap (unmasked − masked) |",
-                  "|---|---|---:|---:|---:|"]
-        acc = {(r["task"], r["train"], r["test"]): r for r in rows if r["method"] == m}
-        for g in (g for g in gaps if g["method"] == m):
-            lines.append(f"| {g['task']} | {trainings[g['train']]} | "
-                         f"{_bounds(acc[g['task'], g['train'], 'masked'], _pct)} | "
-                         f"{_bounds(acc[g['task'], g['train'], 'unmasked'], _pct)} | "
-                         f"{_bounds(g, _sign)} |")
-        mine = [c for c in costs if c["method"] == m]
-        if mine:
-            lines += ["", "Cost of the mask, trained and tested alike (points): "
-                      + "; ".join(f"{c['task']} {_bounds(c, _sign)} "
-                                  f"(vs {trainings[c['train']]})" for c in mine) + "."]
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    lines += ["", "Majority-class rate (floor): " + ", ".join(
-        f"{t} {_pct(floor[t, 'masked'])} (masked test), {_pct(floor[t, 'unmasked'])} "
-        "(unmasked)" for t in tasks) + ".", "", "## What ran", "",
-        "| run | what | steps | status | seconds |", "|---|---|---:|---|---:|"]
-    for r in runs:
-        secs = "" if r.get("seconds") is None else f"{r['seconds']:.0f}"
-        lines.append(f"| {r['folder']} | {r['description']} | {r['steps']} | {r['status']} "
-                     f"| {secs} |")
-    lines.append("")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
-
-
-def _mask_gap_setting(rows, setting: dict, words: Wording, shortening: dict) -> list[str]:
-    """mask_gap.md's title and the list of the data, test and training sets, and method."""
-    sizes, names = setting["sizes"], setting["splits"]
-    kind, caveat = words.data[setting["data"]]
-    lines = [f"# What the mask costs: {setting['dataset']}, protocol={setting['protocol']}",
-             "",
-             f"- data: `{setting['dataset']}` ({kind}: {caveat})",
-             f"- protocol {setting['protocol']}: " + words.protocols[setting["protocol"]],
-             f"- masked test: `{names['test']}`, {_sized(sizes['test'])}; unmasked test: "
-             f"`{names['unmasked_test']}`, {_sized(sizes['unmasked_test'])} (the twins "
-             "of the same photos)",
-             f"- trained on `{names['train']}` masked, all copies ({_sized(sizes['masked'])})"
-             + (f"; masked, one copy a photo drawn at random ({_sized(sizes['masked_one'])})"
-                if "masked_one" in {r["train"] for r in rows} else "")
-             + f"; unmasked twins `{names['unmasked_train']}` ({_sized(sizes['unmasked'])})",
-             "- every run of a method trains the same number of steps (those of the masked, "
-             "all-copies run), each early-stopped on its own validation subset carved from "
-             "its training set (photo- or person-disjoint, as the protocol)",
-             f"- intervals: 95% percentile intervals from {setting['num_samples']} bootstrap "
-             "samples of test persons; a gap's interval is a paired bootstrap (both test sets "
-             "hold the same persons and photos)",
-             "- gap: accuracy on the unmasked test minus that on the masked test, in points, "
-             "for one model; cost: a model trained and tested on unmasked faces minus one "
-             "trained and tested on masked faces",
-             (f"- training seeds: every model trained {setting['seeds']} times (config.seed "
-              f"0..{setting['seeds'] - 1}); accuracies, gaps and costs are their means, and "
-              "the intervals resample the seeds too (a two-level bootstrap)"
-              if setting.get("seeds", 1) > 1 else
-              "- one training run of each model: retraining alone can move a number by a few "
-              "points (`--seeds=N` trains N and folds that into the intervals)")]
-    if setting["runlocal"]:
-        lines.append("- runlocal: the runlocal configs (a shrunk run for a laptop CPU), "
-                     "shortened for the mask gap: " + ", ".join(
-                         f"{k}={v:g}" for k, v in shortening.items())
-                     + " (of the all-copies set; see 'What ran')")
-    if setting.get("command"):
-        lines.append(f"- command: `{setting['command']}`")
-    lines.append(f"- wall time: {setting['seconds'] / 60:.1f} min (0 for finished runs "
-                 "reused)")
     return lines
