@@ -1,5 +1,5 @@
-"""Where a CPU train step's time goes: every conv of a model, forward and backward, JAX
-beside PyTorch.
+"""Where a train step's time goes: every conv of a model, forward and backward, JAX beside
+PyTorch on the same device.
 
   pip install -e '.[bench]'   # torch, for the peer
   python benchmarks/conv_layers.py --model=resnet18 --size=112 --batch=32 [--kernels=xla]
@@ -10,16 +10,20 @@ convolution with a per-tap kernel gradient; with "xla" all as XLA's convolution)
 method interception, then times each distinct shape alone. JAX jits the conv's output
 and its gradients with respect to input and kernel (what a train step needs of it);
 PyTorch runs `torch.nn.functional.conv2d` on channels_last tensors, forward and
-backward, for the same shapes. The model's first conv takes no input gradient on either
-side (the images need none). Rows: output map, channels, kernel and stride, how many
-convs of the model have that shape, ms per conv on each side, their ratio (above 1,
-ours is faster); the last row sums over the model (ms per step spent in convs).
+backward, for the same shapes, on JAX's device (cuda when JAX's default backend is gpu,
+with `cudnn.benchmark`). Both in float32. Each time is the median of --repeats calls,
+each timed up to a sync (`jax.block_until_ready`, `torch.cuda.synchronize`), after one
+warm-up. The model's first conv takes no input gradient on either side (the images need
+none). Rows: input map, channels, kernel and stride, how many convs of the model have that
+shape, ms per conv on each side, their ratio (PyTorch ms over JAX ms: above 1, ours is
+faster); the last row sums over the model (ms per step spent in convs).
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import statistics
 import time
 
 import jax
@@ -33,10 +37,15 @@ from fgmask_jax import config_lib, models, runs
 _MODEL = flags.DEFINE_string("model", "resnet18", "cnn, resnet18/34/50/101/152 or vgg16.")
 _SIZE = flags.DEFINE_integer("size", 112, "Input side in pixels.")
 _BATCH = flags.DEFINE_integer("batch", 32, "Batch size.")
-_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per shape (after one warm-up).")
+_REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per shape (after one warm-up); "
+                                "the median counts.", lower_bound=1)
 _PEER = flags.DEFINE_bool("peer", True, "Also time PyTorch (needs torch).")
 _KERNELS = flags.DEFINE_enum("kernels", "auto", list(config_lib.KERNELS),
                              "Conv kernels (config.kernels): auto is cpu on a CPU backend.")
+
+# PyTorch's OpenMP threads spin while they wait, which on a shared machine costs it several
+# times its speed (benchmarks/train_step.py); read when torch loads, in main.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # (input H, W, C_in, C_out, kernel, stride, padding ("SAME", "VALID" or ((top, bottom),
 # (left, right))), needs the input's gradient)
@@ -69,11 +78,19 @@ def conv_shapes(model_name: str, size: int) -> collections.Counter[Shape]:
 
 
 def _seconds(fn, repeats: int) -> float:
+    """Median seconds of ``fn()`` (which returns once its work is done), after a warm-up."""
     fn()
-    start = time.perf_counter()
+    seconds = []
     for _ in range(repeats):
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / repeats
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def torch_device() -> str:
+    """cuda when JAX's default backend is gpu, else cpu: both sides on one device."""
+    return "cuda" if jax.default_backend() == "gpu" else "cpu"
 
 
 def time_jax(shape: Shape, batch: int, repeats: int) -> float:
@@ -99,10 +116,12 @@ def time_torch(shape: Shape, batch: int, repeats: int) -> float:
     import torch
 
     h, w, c, features, kernel, strides, padding, input_grad = shape
+    device = torch_device()
     torch.manual_seed(0)
-    x = torch.randn(batch, c, h, w).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, c, h, w, device=device).contiguous(memory_format=torch.channels_last)
     x.requires_grad_(input_grad)
-    weight = torch.randn(features, c, *kernel).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(features, c, *kernel, device=device).contiguous(
+        memory_format=torch.channels_last)
     weight.requires_grad_(True)
     # The same output size; an asymmetric SAME pad (stride 2) costs what a symmetric one does.
     padding = ((0, 0) if padding == "VALID" else (kernel[0] // 2, kernel[1] // 2)
@@ -117,6 +136,8 @@ def time_torch(shape: Shape, batch: int, repeats: int) -> float:
         y.backward(cotangent)
         weight.grad = None
         x.grad = None
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     return _seconds(step, repeats)
 
@@ -126,12 +147,16 @@ def main(argv):
     if _PEER.value:
         import torch
 
-        torch.set_num_threads(os.cpu_count())
+        if torch_device() == "cuda":
+            torch.backends.cudnn.benchmark = True
+        else:
+            torch.set_num_threads(os.cpu_count())
     shapes = conv_shapes(_MODEL.value, _SIZE.value)
     print(f"{_MODEL.value} at {_SIZE.value} px, batch {_BATCH.value}: {sum(shapes.values())} "
-          f"convs of {len(shapes)} shapes; JAX on {jax.device_count()} x "
-          f"{jax.devices()[0].device_kind}, kernels {models.resolve_kernels(_KERNELS.value)}; "
-          "ms per conv, forward and backward")
+          f"convs of {len(shapes)} shapes; JAX on one {jax.devices()[0].device_kind}, kernels "
+          f"{models.resolve_kernels(_KERNELS.value)}; "
+          f"PyTorch on {torch_device() if _PEER.value else 'n/a'}; ms per conv, forward and "
+          f"backward, median of {_REPEATS.value}")
     print(f"{'in map':>8} {'c_in':>5} {'c_out':>5} {'kernel':>7} {'stride':>6} {'count':>5} "
           f"{'JAX ms':>8} {'torch ms':>9} {'ratio':>6}")
     total_jax = total_torch = 0.0
