@@ -344,19 +344,21 @@ def fitted_on(result: dict) -> str:
 
 
 def saliency_section(workdir: str, model, state, source, indices, config) -> str:
-    """Grad-CAM of each task head over ``config.saliency_images`` test images drawn at random
-    (by ``config.split_seed``: the same for every training seed, in index order), at
-    the last feature map of at least 4x4 (a ResNet's last map is 2x2 at 64 px): the report's
-    figure and the share of attribution on each image's mask, above it and elsewhere (from
-    the dataset's landmarks; without them, the upper and lower half of the image). Runs on
-    this process's devices only."""
+    """Where the model looks, over ``config.saliency_images`` test images drawn at random (by
+    ``config.split_seed``: the same for every training seed, in index order): Grad-CAM at the
+    last feature map of at least 4x4 (a ResNet's last map is 2x2 at 64 px), the share of
+    attribution on each image's mask, above it and elsewhere (from the dataset's landmarks;
+    without them, the upper and lower half of the image) with intervals by person, and its
+    controls (`saliency.controlled_shares`: unmasked twins where the dataset has them, top
+    layers randomised, integrated gradients from a black image). Writes the figure and
+    ``saliency.json``; returns the markdown. Runs on this process's devices only."""
     indices = np.asarray(indices)
     rng = np.random.default_rng(config.split_seed)
     indices = np.sort(rng.choice(indices, min(config.saliency_images, len(indices)),
                                  replace=False))
-    images = pipeline.load_all(source, indices, config.image_size)["image"]
+    loaded = pipeline.load_all(source, indices, config.image_size)
+    images = loaded["image"]
     variables = jax.device_get(state_lib.model_variables(state.params, state.batch_stats))
-    x = np.asarray(pipeline.normalize(images, jnp.float32))
     h, w = images.shape[1:3]
     if (on := pipeline.mask_regions(source, indices, config.image_size)) is not None:
         top = np.where(on.any(2), np.arange(h), h).min(1)  # each mask's first row
@@ -366,12 +368,19 @@ def saliency_section(workdir: str, model, state, source, indices, config) -> str
     else:
         upper = saliency_lib.rows_above(h, w, h // 2)
         regions = {"upper half": upper, "lower half (mask)": ~upper}
-    summary = saliency_lib.summarize_grad_cam(
-        model, variables, x, regions=regions,
-        batch_size=min(config.batch_size, len(x)), min_side=4)
-    return report_lib.saliency_section(workdir, images.mean(0), summary["maps"],
-                                       summary["shares"], method="Grad-CAM",
-                                       areas=summary["areas"])
+    twins = saliency_lib.load_twins(config.dataset, pipeline.data_dir(config), source,
+                                    indices, config.image_size)
+    if not isinstance(twins, str):
+        twins = (np.asarray(pipeline.normalize(twins[0], jnp.float32)), twins[1])
+    black = np.asarray(pipeline.normalize(np.zeros((1, 1, 1, 3), np.uint8), jnp.float32))
+    numbers, mean_maps = saliency_lib.controlled_shares(
+        model, variables, np.asarray(pipeline.normalize(images, jnp.float32)),
+        loaded["subject_id"], regions, model_name=config.model, twins=twins,
+        batch_size=config.batch_size, seed=config.split_seed, ig_baseline=("black", black))
+    report_lib.plot_mean_saliency(images.mean(0), mean_maps,
+                                  os.path.join(workdir, "saliency_test.png"), "test: Grad-CAM")
+    writers.write_json(os.path.join(workdir, "saliency.json"), saliency_lib.jsonable(numbers))
+    return saliency_lib.format_section(numbers, "saliency_test.png")
 
 
 def start_note(config, params) -> str:
