@@ -202,16 +202,19 @@ def section_train_step(sizes: Sizes, ctx: dict) -> dict:
                "jax_img_s": train_step.jax_rate(config, steps=sizes.timed,
                                                 warmup=sizes.warmup)}
         try:
-            eager, compiled, note = train_step.peer_rates(
-                config, compile=_TORCH_COMPILE.value, steps=sizes.timed, warmup=sizes.warmup)
+            theirs = train_step.peer_rates(config, compile=_TORCH_COMPILE.value,
+                                           steps=sizes.timed, warmup=sizes.warmup)
         except Exception as e:  # the JAX rate stands without its peer
-            eager, compiled, note = None, None, f"PyTorch failed: {type(e).__name__}: {e}"
+            theirs = train_step.PeerRates(None, None, None,
+                                          f"PyTorch failed: {type(e).__name__}: {e}")
         finally:
             _free_torch_memory()
-        row.update(torch_amp_img_s=eager, torch_compiled_img_s=compiled,
+        eager, compiled = theirs.eager, theirs.compiled
+        row.update(torch_img_s=eager, torch_compiled_img_s=compiled,
+                   torch_threads=theirs.threads,
                    ratio=row["jax_img_s"] / eager if eager else None,
                    ratio_compiled=row["jax_img_s"] / compiled if compiled else None,
-                   torch_note=note or None)
+                   torch_note=theirs.note or None)
         rows.append(row)
         all_checks += checks(row, targets, prefix=f"{model} ")
     return {"values": {"rows": rows}, "checks": all_checks}

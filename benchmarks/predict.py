@@ -9,7 +9,8 @@ weights, in the config's compute dtype (bfloat16 on accelerators, float32 on CPU
 runs the same model (`train_step.torch_model`: torchvision's trunk, exactly our heads) in
 eval mode under ``torch.inference_mode()`` on the same device as JAX (cuda when JAX's
 default backend is gpu), channels_last, bfloat16 autocast where JAX computes in bfloat16,
-`cudnn.benchmark` on GPU, results copied to the host; and once more `torch.compile`d
+`cudnn.benchmark` on GPU, on CPU the faster of one thread per core and one thread (see
+train_step.py), results copied to the host; and once more `torch.compile`d
 (n/a, with the reason, where it cannot compile). Both take the same prepared uint8 arrays
 from the host, batch by batch: each rate is the batch over the median of --batches batches,
 after a warm-up batch. The ratio is JAX images/s over the faster PyTorch column: above 1,
@@ -66,7 +67,8 @@ def files_rate(predictor: inference.Predictor, paths: list[str]) -> float:
 
 
 def torch_rate(model: str, images: np.ndarray, batch: int, batches: int,
-               compile: bool = False) -> float:
+               compile: bool = False, threads: int | None = None) -> float:
+    """PyTorch's images/s of the same model, on ``threads`` CPU threads (None: one per core)."""
     import torch
 
     c = config_lib.neural_config(f"model={model},size={images.shape[1]}",
@@ -75,7 +77,7 @@ def torch_rate(model: str, images: np.ndarray, batch: int, batches: int,
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
     else:
-        torch.set_num_threads(os.cpu_count())
+        torch.set_num_threads(threads or os.cpu_count())
     net = train_step.torch_model(c).eval().to(device, memory_format=torch.channels_last)
     forward = torch.compile(net) if compile else net
     mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1) * 255
@@ -127,7 +129,7 @@ def main(argv):
           f"{train_step.torch_device() if peer else 'n/a'}; {size} px, batch {batch}; rate: "
           f"batch / median of {batches} batches; {train_step.load_note()}")
     print(f"{'model':<10} {'JAX arrays':>11} {'JAX files':>10} {'torch':>8} {'compiled':>9} "
-          f"{'ratio':>6}   (images/s)")
+          f"{'threads':>8} {'ratio':>6}   (images/s)")
     notes = {note}
     with tempfile.TemporaryDirectory() as folder:
         paths = write_jpegs(images, folder)
@@ -135,18 +137,22 @@ def main(argv):
             predictor = make_predictor(model, size, batch)
             ours = predictor_rate(predictor, images, batches)
             files = files_rate(predictor, paths)
-            eager = compiled = None
-            if peer:
-                eager = torch_rate(model, images, batch, batches)
+            eager = compiled = threads = None
+            if peer:  # on CPU the faster of one thread per core and one thread (train_step)
+                choices = ([None] if train_step.torch_device() == "cuda"
+                           else sorted({os.cpu_count(), 1}, reverse=True))
+                eager, threads = max((torch_rate(model, images, batch, batches, threads=t), t)
+                                     for t in choices)
                 if f.compile:
                     try:
-                        compiled = torch_rate(model, images, batch, batches, compile=True)
+                        compiled = torch_rate(model, images, batch, batches, compile=True,
+                                              threads=threads)
                     except Exception as e:  # any compiler failure makes the column n/a
                         notes.add(train_step.compile_failure(e))
             best = max((r for r in (eager, compiled) if r), default=None)
             ratio = f"{ours / best:>6.2f}" if best else f"{'n/a':>6}"
             print(f"{model:<10} {ours:>11.1f} {files:>10.1f} {_cell(eager, 8)} "
-                  f"{_cell(compiled, 9)} {ratio}", flush=True)
+                  f"{_cell(compiled, 9)} {threads or '':>8} {ratio}", flush=True)
     for n in sorted(notes - {""}):
         print(f"n/a: {n}")
 

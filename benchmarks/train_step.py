@@ -19,8 +19,10 @@ What makes the comparison fair:
   0.9 and weight decay 5e-5 (optax's add_decayed_weights + sgd is torch's SGD weight_decay).
 - Same dtype: --dtype=auto is bfloat16 on accelerators, float32 on CPU; PyTorch then runs
   under bfloat16 autocast (AMP). PyTorch in its best ordinary form: channels_last model and
-  inputs, `cudnn.benchmark` on GPU, OpenMP threads that wait passively on CPU (see
-  OMP_WAIT_POLICY below), and a second column with the module `torch.compile`d
+  inputs, `cudnn.benchmark` on GPU; on CPU OpenMP threads that wait passively (see
+  OMP_WAIT_POLICY below) and the faster of one thread per core and a single thread (the
+  "threads" column: on a shared machine one thread can be several times faster); and a
+  second column with the module `torch.compile`d
   (compilation not timed; where it fails, e.g. no C++ compiler for the CPU backend, the
   column says n/a and the reason is printed). JAX takes GPU memory as it needs it
   (XLA_PYTHON_CLIENT_PREALLOCATE=false), so that PyTorch in the same process finds room.
@@ -37,6 +39,7 @@ only when this file runs as a command.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import time
@@ -199,8 +202,10 @@ def torch_model(config):
     return MultiTask()
 
 
-def torch_rate(config, *, compile: bool = False, steps: int = 20, warmup: int = 3) -> float:
-    """Images/s of the same step in PyTorch on `torch_device()` (see the module's docstring).
+def torch_rate(config, *, compile: bool = False, threads: int | None = None, steps: int = 20,
+               warmup: int = 3) -> float:
+    """Images/s of the same step in PyTorch on `torch_device()` (see the module's docstring),
+    on ``threads`` CPU threads (None: one per core).
 
     Raises:
       ValueError: the config trains something this twin does not (an optimizer other than
@@ -215,7 +220,7 @@ def torch_rate(config, *, compile: bool = False, steps: int = 20, warmup: int = 
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
     else:
-        torch.set_num_threads(os.cpu_count())
+        torch.set_num_threads(threads or os.cpu_count())
     torch.manual_seed(0)
     net = torch_model(config).to(device, memory_format=torch.channels_last)
     forward = torch.compile(net) if compile else net
@@ -244,22 +249,34 @@ def torch_rate(config, *, compile: bool = False, steps: int = 20, warmup: int = 
     return median_rate(step, sync, config.batch_size, steps, warmup)
 
 
-def peer_rates(config, *, compile: bool = True, steps: int = 20,
-               warmup: int = 3) -> tuple[float | None, float | None, str]:
-    """(PyTorch eager images/s, compiled images/s, why a column is missing or "")."""
+@dataclasses.dataclass(frozen=True)
+class PeerRates:
+    eager: float | None  # PyTorch images/s (None: not measured)
+    compiled: float | None  # the same, torch.compile'd
+    threads: int | None  # CPU threads of both (None: on a GPU, or not measured)
+    note: str = ""  # why a column is missing
+
+
+def peer_rates(config, *, compile: bool = True, steps: int = 20, warmup: int = 3) -> PeerRates:
+    """PyTorch's rates of ``config``'s step. On CPU, eager PyTorch runs on every core and on
+    one thread, and the faster counts (compiled on the same count): where other processes
+    share the cores, its many small fork-join ops lost up to 10x on two threads here."""
     try:
         import torch  # noqa: F401
         import torchvision  # noqa: F401
     except ImportError:
-        return None, None, "torch/torchvision not installed (pip install -e '.[bench]')"
-    eager = torch_rate(config, steps=steps, warmup=warmup)
+        return PeerRates(None, None, None,
+                         "torch/torchvision not installed (pip install -e '.[bench]')")
+    choices = [None] if torch_device() == "cuda" else sorted({os.cpu_count(), 1}, reverse=True)
+    eager, threads = max((torch_rate(config, threads=t, steps=steps, warmup=warmup), t)
+                         for t in choices)
     if not compile:
-        return eager, None, ""
+        return PeerRates(eager, None, threads)
     try:
-        compiled = torch_rate(config, compile=True, steps=steps, warmup=warmup)
+        compiled = torch_rate(config, compile=True, threads=threads, steps=steps, warmup=warmup)
     except Exception as e:  # any compiler failure makes the column n/a
-        return eager, None, compile_failure(e)
-    return eager, compiled, ""
+        return PeerRates(eager, None, threads, compile_failure(e))
+    return PeerRates(eager, compiled, threads)
 
 
 def compile_failure(error: Exception) -> str:
@@ -286,20 +303,19 @@ def main(argv):
     if f.peer and not peer:
         print(f"PyTorch runs on one device: --devices={n} times JAX alone")
     print(f"{'model':<11} {'size':>5} {'batch':>6} {'JAX img/s':>10} {'torch img/s':>12} "
-          f"{'compiled':>9} {'ratio':>6}")
+          f"{'compiled':>9} {'threads':>8} {'ratio':>6}")
     notes = set()
     for model, size, batch in rows:
         c = step_config(model, size, batch, dtype=f.dtype, kernels=f.kernels)
         ours = jax_rate(c, devices, f.steps, f.warmup)
-        eager = compiled = None
+        theirs = PeerRates(None, None, None)
         if peer:
-            eager, compiled, note = peer_rates(c, compile=f.compile, steps=f.steps,
-                                               warmup=f.warmup)
-            notes.add(note)
-        best = max((r for r in (eager, compiled) if r), default=None)
+            theirs = peer_rates(c, compile=f.compile, steps=f.steps, warmup=f.warmup)
+            notes.add(theirs.note)
+        best = max((r for r in (theirs.eager, theirs.compiled) if r), default=None)
         ratio = f"{ours / best:>6.2f}" if best else f"{'n/a':>6}"
-        print(f"{model:<11} {size:>5} {batch:>6} {ours:>10.1f} {_cell(eager, 12)} "
-              f"{_cell(compiled, 9)} {ratio}", flush=True)
+        print(f"{model:<11} {size:>5} {batch:>6} {ours:>10.1f} {_cell(theirs.eager, 12)} "
+              f"{_cell(theirs.compiled, 9)} {theirs.threads or '':>8} {ratio}", flush=True)
     for note in sorted(notes - {""}):
         print(f"n/a: {note}")
     if f.freeze:

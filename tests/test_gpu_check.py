@@ -37,10 +37,10 @@ def test_smoke_measures_every_section(tmp_path, small_data_dir):
 
     (row,) = sections["train_step"]["values"]["rows"]
     assert positive(row["jax_img_s"])
-    if row["torch_amp_img_s"] is None:  # without torch, a note says why
+    if row["torch_img_s"] is None:  # without torch, a note says why
         assert "torch" in row["torch_note"]
     else:
-        assert positive(row["torch_amp_img_s"]) and positive(row["ratio"])
+        assert positive(row["torch_img_s"]) and positive(row["ratio"])
     # The targets are shown beside the measurements, judged only on a GPU.
     step_checks = sections["train_step"]["checks"]
     assert step_checks and all(c["pass"] is None for c in step_checks)
