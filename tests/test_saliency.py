@@ -141,22 +141,6 @@ def test_blurred_keeps_constants_and_smooths():
     np.testing.assert_allclose(tiny, 1.0, atol=1e-6)
 
 
-def test_saliency_section_writes_the_plot_and_shares(tmp_path):
-    from fgmask_jax.evaluation import report
-
-    maps = np.zeros((2, H, W))
-    maps[:, :4] = 1.0
-    top = saliency.rows_above(H, W, H // 2)
-    md = report.saliency_section(
-        str(tmp_path), np.full((H, W, 3), 0.5), {"gender": saliency.mean_map(maps)},
-        shares={"gender": {"top half": saliency.region_share(maps, top),
-                           "bottom half": saliency.region_share(maps, ~top)}},
-        areas={"top half": 0.5, "bottom half": 0.5})
-    assert (tmp_path / "saliency_test.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| gender | 2 | 100.0% / 100.0% | 0.0% / 0.0% |" in md
-    assert "| (share of the pixels) | | 50.0% | 50.0% |" in md
-
-
 def test_summarize_attributions_in_padded_batches():
     model, variables = _top_half_model()
     images = np.asarray(_images(8, batch=5))

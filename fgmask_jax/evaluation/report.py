@@ -229,48 +229,6 @@ def plot_mean_saliency(mean_image: np.ndarray, maps: dict[str, np.ndarray], path
     _save(fig, path)
 
 
-def format_region_shares(shares: dict[str, dict[str, np.ndarray]],
-                         areas: dict[str, float] | None = None) -> str:
-    """Markdown table: per task, the mean (and median) share of attribution per region.
-
-    shares: {task: {region name: float[B] (`saliency.region_share`)}}.
-    areas: {region name: its mean share of the pixels}: a last row, the shares of a map
-      spread evenly, to read the others against.
-    """
-    regions = list(dict.fromkeys(r for per_task in shares.values() for r in per_task))
-    lines = ["| task | images | " + " | ".join(f"share {r} (mean / median)" for r in regions)
-             + " |", "|---|---:|" + "---:|" * len(regions)]
-    for task, per_task in shares.items():
-        n = max((len(np.asarray(v)) for v in per_task.values()), default=0)
-        cells = []
-        for r in regions:
-            v = np.asarray(per_task.get(r, []), np.float64)
-            v = v[np.isfinite(v)]
-            cells.append(f"{v.mean():.1%} / {np.median(v):.1%}" if v.size else "-")
-        lines.append(f"| {task} | {n} | " + " | ".join(cells) + " |")
-    if areas:
-        lines.append("| (share of the pixels) | | " + " | ".join(
-            f"{areas[r]:.1%}" if r in areas else "-" for r in regions) + " |")
-    return "\n".join(lines)
-
-
-def saliency_section(workdir: str, mean_image: np.ndarray, maps: dict[str, np.ndarray],
-                     shares: dict[str, dict[str, np.ndarray]] | None = None,
-                     split: str = "test", method: str = "integrated gradients",
-                     areas: dict[str, float] | None = None) -> str:
-    """Writes ``saliency_<split>.png``; returns the markdown section."""
-    name = f"saliency_{split}.png"
-    plot_mean_saliency(mean_image, maps, os.path.join(workdir, name), f"{split}: {method}")
-    parts = [f"## Where the model looks ({split})", "",
-             f"Mean absolute {method} map of each task head (each image's map normalised to "
-             "sum 1) over the mean image.", "", f"![{split} saliency]({name})", ""]
-    if shares:
-        parts += ["Share of each image's absolute attribution inside each region (last "
-                  "row: the region's share of the pixels, what a map spread evenly gives):",
-                  "", format_region_shares(shares, areas), ""]
-    return "\n".join(parts)
-
-
 def format_subgroups(results: dict[str, dict[str, dict]]) -> str:
     """Markdown, one table per group variable, from `subgroups.subgroup_accuracy` output:
     rows are the group's values; per task, accuracy [interval] and the majority rate."""
