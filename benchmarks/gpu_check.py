@@ -14,18 +14,22 @@ Send `.whl` along with the working tree, and there run:
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \\
     && python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . \\
     && export PYTHONPATH=/tmp/site || exit 1
-  python3 benchmarks/gpu_check.py --out=$OUT 2> $OUT/gpu_check.log
+  python3 benchmarks/gpu_check.py --out=$OUT --commit=COMMIT 2> $OUT/gpu_check.log
 
 (the second install puts the project itself in /tmp/site: a plain PYTHONPATH=. does not find
-`fgmask_jax.tfds_builder`). Expected duration: 6 to 8 minutes on one H200, most of it
-compilation; an estimate from the compile times measured there at commit ed79639, as the
-current code has not yet run on a GPU. It writes `results.json`, `results.md` and
-`train_loop.log` to --out, each section's entry as soon as it ends, so that a run cut short
-still leaves what it measured. A section that fails records its error and the next one runs;
-the exit code is 1 if any failed.
+`fgmask_jax.tfds_builder`; COMMIT is the commit sent, as the copy there has no .git).
+Expected duration: about 8 minutes on one H200, most of it compilation: an estimate from
+what was measured there at commit ed79639 (a whole run's compile to its first step: 65 s
+for ResNet-50, about 140 s for ResNet-152), as the current code has not yet run on a GPU;
+give the command 10 minutes. It writes `results.json`, `results.md`, `train_loop.log` and
+`train_step_hlo.txt` (the compiled step) to --out, each section's entry as soon as it
+ends, so that a run cut short still leaves what it measured. A section that fails records
+its error and the next one runs; the exit code is 1 if any failed.
 
 Sections, at GPU sizes (--smoke: resnet_tiny at 32 px, batch 8, 3 timed steps, the 60-image
-synthetic set, torch rows where torch is installed; about 20 s of a 2-core CPU's time):
+synthetic set, torch rows where torch is installed, XLA's backend optimisation off so that
+it compiles fast; about 40 s of CPU time, train_loop's runs beside the other sections, which
+took 40 s of wall time on 2 shared cores):
   hlo           our real `train.Steps` train step of ResNet-50 at 224 px, batch 256, with
                 config.kernels=auto resolved for the platform, compiled: `conditional` ops
                 and host-callback custom calls (none expected), and the custom calls that
@@ -77,10 +81,10 @@ from absl import app, flags
 from fgmask_jax import models, runs
 from fgmask_jax.data import build as build_data
 
-_OUT = flags.DEFINE_string("out", "gpu_check", "Folder for results.json, results.md and "
-                           "train_loop.log (created).")
+_OUT = flags.DEFINE_string("out", None, "Folder for results.json, results.md and the logs "
+                           "(created).", required=True)
 _SMOKE = flags.DEFINE_bool("smoke", False, "Every section at tiny sizes: a check of this "
-                           "script on a CPU, in seconds.")
+                           "script on a CPU, in under a minute.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS folder for the train_loop section's "
                                 "synthetic set (built there if missing); default: a "
                                 "temporary folder.")
