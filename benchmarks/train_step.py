@@ -17,12 +17,12 @@ What makes the comparison fair:
 - Same step: our real `train.Steps` (normalisation inside, augmentation configured to do
   nothing) against forward, summed cross-entropies, backward and SGD with Nesterov momentum
   0.9 and weight decay 5e-5 (optax's add_decayed_weights + sgd is torch's SGD weight_decay).
-- Same dtype: --dtype=auto is bfloat16 on accelerators, float32 on CPU; PyTorch then runs
-  under bfloat16 autocast (AMP). PyTorch in its best ordinary form: channels_last model and
-  inputs, `cudnn.benchmark` on GPU; on CPU OpenMP threads that wait passively (see
-  OMP_WAIT_POLICY below) and the faster of one thread per core and a single thread (the
-  "threads" column: on a shared machine one thread can be several times faster); and a
-  second column with the module `torch.compile`d
+- Same dtype: --dtype=auto is bfloat16 on accelerators, float32 on CPU; PyTorch runs under
+  bfloat16 autocast (AMP) where ours computes in bfloat16.
+- PyTorch in its best ordinary form: channels_last model and inputs, `cudnn.benchmark` on
+  GPU; on CPU, OpenMP threads that wait passively (OMP_WAIT_POLICY below) and the faster of
+  one thread per core and a single thread (the "threads" column: on a shared machine one
+  thread was up to 10x faster); and a second column with the module `torch.compile`d
   (compilation not timed; where it fails, e.g. no C++ compiler for the CPU backend, the
   column says n/a and the reason is printed). JAX takes GPU memory as it needs it
   (XLA_PYTHON_CLIENT_PREALLOCATE=false), so that PyTorch in the same process finds room.
