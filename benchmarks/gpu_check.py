@@ -1,13 +1,11 @@
-"""The project's one-shot GPU check (issue #22): every open GPU question in one command.
+"""The project's one-shot GPU check: every open GPU question in one command.
 
-On the lent GPU machine (one H200: Python 3.12, JAX 0.11.2 with CUDA 13, flax, optax,
-orbax-checkpoint, torch 2.11 and torchvision preinstalled; no package registry reachable),
-from the project's root. Once, on a machine that reaches the registries, fetch the wheels
-it lacks (grain, tensorflow-datasets, ml-collections, array-record and their small
-dependencies) and keep them out of git:
-
-  echo /.whl/ >> .git/info/exclude
-  ../shared/gpu/fetch-wheels.sh .whl
+On a GPU machine that reaches no package registry (for example one H200 with Python 3.12,
+JAX with CUDA, flax, optax, orbax-checkpoint, torch and torchvision preinstalled), from the
+project's root. Once, on a machine that reaches the registries, download the wheels it
+lacks (grain, tensorflow-datasets, ml-collections, array-record and their small
+dependencies) into `.whl` with `pip download --only-binary=:all: --python-version=3.12`,
+and keep them out of git (`echo /.whl/ >> .git/info/exclude`).
 
 Send `.whl` along with the working tree, and there run:
 
@@ -50,7 +48,7 @@ took 40 s of wall time on 2 shared cores):
                 nothing frozen
   predictor     `inference.Predictor` images/s (host arrays in, probabilities out) of
                 ResNet-50 at 112 px, batch 256
-The targets (issue #22, for one H200: ResNet-152 step >= 3,200 img/s and >= 1.5x PyTorch
+The targets (for one H200: ResNet-152 step >= 3,200 img/s and >= 1.5x PyTorch
 AMP; ResNet-50 step >= 7,950 img/s; whole run >= 80% of its step; warm first step <= 15 s)
 stand beside the measurements with pass or fail on a GPU; on a CPU they are only shown.
 """
@@ -365,7 +363,7 @@ def describe_machine(smoke: bool) -> dict:
         "backend": jax.default_backend(), "device": device.device_kind,
         "devices": jax.device_count(), "cpus": os.cpu_count(), "host": platform.node(),
         "load_average": round(os.getloadavg()[0], 1), "jax": jax.__version__,
-        "torch": torch_version, "targets": "issue #22" if on_gpu() else TARGET_NOTE,
+        "torch": torch_version, "targets": "for one H200" if on_gpu() else TARGET_NOTE,
     }
 
 
