@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fgmask_jax import models
-from fgmask_jax.evaluation import saliency
+from fgmask_jax.evaluation import report, saliency, saliency_controls
 
 H = W = 16
 
@@ -177,7 +177,7 @@ def test_person_interval_covers_the_mean_and_shrinks_with_more_persons():
     widths = {}
     for persons in (8, 200):
         values, subjects = _person_values(persons)
-        iv = saliency.person_interval(values, subjects, seed=1)
+        iv = saliency_controls.person_interval(values, subjects, seed=1)
         assert iv["low"] <= iv["value"] <= iv["high"]
         assert iv["value"] == pytest.approx(values.mean())
         assert (iv["n"], iv["persons"]) == (len(values), persons)
@@ -185,10 +185,10 @@ def test_person_interval_covers_the_mean_and_shrinks_with_more_persons():
     assert widths[200] < 0.4 * widths[8]  # about sqrt(8 / 200) = 0.2 of it
     # nan is left out (an all-zero map's share); the rest is what it was without it.
     values, subjects = _person_values(8)
-    with_nan = saliency.person_interval(np.append(values, np.nan), np.append(subjects, 99),
+    with_nan = saliency_controls.person_interval(np.append(values, np.nan), np.append(subjects, 99),
                                         seed=1)
-    assert with_nan == saliency.person_interval(values, subjects, seed=1)
-    empty = saliency.person_interval(np.full(3, np.nan), np.arange(3))
+    assert with_nan == saliency_controls.person_interval(values, subjects, seed=1)
+    empty = saliency_controls.person_interval(np.full(3, np.nan), np.arange(3))
     assert empty["n"] == 0 and np.isnan(empty["value"])
 
 
@@ -201,7 +201,7 @@ def test_share_intervals_drop_all_zero_maps_from_every_number():
     for i in range(n):
         region[i, :i + 1] = True  # image i's region: its top i + 1 rows
     subjects = np.array([0, 0, 1, 1, 2, 2])
-    table = saliency.share_intervals({"gender": maps}, {"top": region}, subjects, seed=0)
+    table = saliency_controls.share_intervals({"gender": maps}, {"top": region}, subjects, seed=0)
     row = table["gender"]["regions"]["top"]
     kept = np.array([0, 2, 3, 4])
     assert table["gender"]["images"] == n and table["gender"]["dropped"] == 2
@@ -233,7 +233,7 @@ def test_twin_control_sees_a_pull_of_the_mask_only_where_there_is_one():
     has_twin[-1] = False
     # Centre-only attention: the masked copy's map is the twin's, up to noise.
     centred, _ = _face_maps(n, size, mask_top, 0.0, seed=2)
-    out = saliency.twin_control({"age_group": centred}, {"age_group": twins},
+    out = saliency_controls.twin_control({"age_group": centred}, {"age_group": twins},
                                 {"on the mask": on}, subjects, has_twin, seed=0)
     diff = out["age_group"]["regions"]["on the mask"]["difference"]
     assert diff["low"] < 0 < diff["high"], diff
@@ -241,7 +241,7 @@ def test_twin_control_sees_a_pull_of_the_mask_only_where_there_is_one():
     # Attention that follows the mask: the difference is above 0.
     pulled, _ = _face_maps(n, size, mask_top, 0.3, seed=2)
     pulled[0] = 0.0  # an all-zero map drops its pair
-    out = saliency.twin_control({"age_group": pulled}, {"age_group": twins},
+    out = saliency_controls.twin_control({"age_group": pulled}, {"age_group": twins},
                                 {"on the mask": on}, subjects, has_twin, seed=0)
     row = out["age_group"]["regions"]["on the mask"]
     assert row["difference"]["low"] > 0.05, row["difference"]
@@ -251,13 +251,14 @@ def test_twin_control_sees_a_pull_of_the_mask_only_where_there_is_one():
 
 
 def test_twin_rows_link_photos_and_load_twins_reads_them(paired_small_data_dir):
-    np.testing.assert_array_equal(saliency.twin_rows([7, 3, 9, 3], [3, 5, 7]), [2, 0, -1, 0])
+    np.testing.assert_array_equal(saliency_controls.twin_rows([7, 3, 9, 3], [3, 5, 7]),
+                                  [2, 0, -1, 0])
     from fgmask_jax.data import pipeline
 
     source = pipeline.open_split("synthetic_masked_faces/paired_small", "photo_test",
                                  paired_small_data_dir)
     indices = np.arange(min(6, len(source)))
-    images, rows = saliency.load_twins("synthetic_masked_faces/paired_small",
+    images, rows = saliency_controls.load_twins("synthetic_masked_faces/paired_small",
                                        paired_small_data_dir, source, indices, 32)
     assert (rows >= 0).all() and images.shape == (rows.max() + 1, 32, 32, 3)
     masked = pipeline.load_all(source, indices, 32)["image"].astype(np.float64)
@@ -269,7 +270,7 @@ def test_twin_rows_link_photos_and_load_twins_reads_them(paired_small_data_dir):
     assert on_mask > 4 * off_mask, (on_mask, off_mask)
     plain = pipeline.open_split("synthetic_masked_faces/paired_small", "unmasked_photo_test",
                                 paired_small_data_dir)
-    assert "unmasked twins themselves" in saliency.load_twins(
+    assert "unmasked twins themselves" in saliency_controls.load_twins(
         "synthetic_masked_faces/paired_small", paired_small_data_dir, plain, [0], 32)
 
 
@@ -277,7 +278,8 @@ def test_no_twins_in_a_dataset_without_them(small_data_dir):
     from fgmask_jax.data import pipeline
 
     source = pipeline.open_split("synthetic_masked_faces/small", "test", small_data_dir)
-    why = saliency.load_twins("synthetic_masked_faces/small", small_data_dir, source, [0, 1], 32)
+    why = saliency_controls.load_twins("synthetic_masked_faces/small", small_data_dir, source,
+                                       [0, 1], 32)
     assert isinstance(why, str) and "has none" in why
 
 
@@ -285,11 +287,11 @@ def test_rank_correlation():
     rng = np.random.default_rng(0)
     a = rng.uniform(size=(3, 5, 5))
     b = np.stack([a[0] * 2, -a[1], 1 - a[2]])  # same order, same |order|, reversed
-    np.testing.assert_allclose(saliency.rank_correlation(a, b), [1, 1, -1], atol=1e-12)
+    np.testing.assert_allclose(saliency_controls.rank_correlation(a, b), [1, 1, -1], atol=1e-12)
     ties = np.zeros((1, 2, 2))
     ties[0, 0, 0] = 1.0  # three tied zeros: their mean rank
-    np.testing.assert_allclose(saliency.rank_correlation(ties, ties), [1.0])
-    assert np.isnan(saliency.rank_correlation(np.zeros((1, 2, 2)), ties)[0])
+    np.testing.assert_allclose(saliency_controls.rank_correlation(ties, ties), [1.0])
+    assert np.isnan(saliency_controls.rank_correlation(np.zeros((1, 2, 2)), ties)[0])
 
 
 def _cnn():
@@ -300,10 +302,10 @@ def _cnn():
 
 def test_randomized_top_layers_change_the_maps_and_nothing_else():
     model, variables = _cnn()
-    modules = saliency.top_modules("cnn", variables)
+    modules = saliency_controls.top_modules("cnn", variables)
     assert modules == [("heads",), ("trunk", "conv3")]
-    randomized = saliency.randomize_top(variables, modules, seed=0)
-    assert saliency.randomize_top(variables, modules, seed=0)["params"]["heads"]["gender"][
+    randomized = saliency_controls.randomize_top(variables, modules, seed=0)
+    assert saliency_controls.randomize_top(variables, modules, seed=0)["params"]["heads"]["gender"][
         "logits"]["kernel"].tobytes() == randomized["params"]["heads"]["gender"]["logits"][
         "kernel"].tobytes()  # a fixed seed draws the same
     for name in ("conv1", "conv2"):
@@ -317,10 +319,10 @@ def test_randomized_top_layers_change_the_maps_and_nothing_else():
     after = saliency.grad_cam(model, randomized, x)
     for task in before:
         assert not np.allclose(before[task], after[task])
-        rho = saliency.rank_correlation(before[task], after[task])
+        rho = saliency_controls.rank_correlation(before[task], after[task])
         assert np.nanmean(rho) < 0.9, (task, rho)
     with pytest.raises(ValueError, match="no variables"):
-        saliency.randomize_top(variables, [("trunk", "conv9")])
+        saliency_controls.randomize_top(variables, [("trunk", "conv9")])
 
 
 def test_controlled_shares_on_a_tiny_model_with_twins(tmp_path):
@@ -330,7 +332,7 @@ def test_controlled_shares_on_a_tiny_model_with_twins(tmp_path):
     top = saliency.rows_above(H, W, H // 2)
     twins = np.asarray(_images(12, batch=4))
     rows = np.array([0, 1, 2, 3, 0, 1, 2, 3, -1, 0])
-    numbers, mean_maps = saliency.controlled_shares(
+    numbers, mean_maps = saliency_controls.controlled_shares(
         model, variables, x, np.arange(n) // 2, {"upper": top, "lower": ~top},
         model_name="cnn", twins=(twins, rows), batch_size=4, seed=0, control_images=6,
         ig_steps=4, ig_baseline=("black", np.full((1, 1, 1, 3), -2.0, np.float32)))
@@ -345,14 +347,14 @@ def test_controlled_shares_on_a_tiny_model_with_twins(tmp_path):
         row = ig["shares"][task]["regions"]["upper"]
         assert row["low"] <= row["value"] <= row["high"] and row["pixels"] == 0.5
         assert isinstance(ig["agreement"][task]["upper"]["agree"], bool)
-    md = saliency.format_section(numbers, "saliency_test.png")
+    md = report.saliency_section(numbers, "saliency_test.png")
     for heading in ("## Where the model looks (test)", "### Control: the unmasked twins",
                     "#### Randomised top layers", "#### A second method: integrated gradients"):
         assert heading in md
     assert "| gender | 10 |" in md and "share upper [95% CI] (pixels)" in md
     import json
 
-    json.dumps(saliency.jsonable(numbers), allow_nan=False)  # strict JSON: nan as null
+    json.dumps(saliency_controls.jsonable(numbers), allow_nan=False)  # strict JSON: nan as null
     without = dict(numbers, twins={"absent": "`x` has none."})
-    assert "No control by unmasked twins: `x` has none." in saliency.format_section(
+    assert "No control by unmasked twins: `x` has none." in report.saliency_section(
         without, "f.png")

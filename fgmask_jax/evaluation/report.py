@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from etils import epath
@@ -270,3 +271,145 @@ def append_sections(workdir: str, sections: list[str]) -> str:
     writers.write_text(path, text.rstrip("\n") + "\n\n"
                        + "\n".join(s.rstrip("\n") + "\n" for s in sections))
     return path
+
+
+# --- the section's markdown -------------------------------------------------------------
+
+
+def _share(row: Mapping[str, float], pixels: bool = False) -> str:
+    if not np.isfinite(row["value"]):
+        return "-"
+    cell = f"{row['value']:.1%} [{100 * row['low']:.1f}, {100 * row['high']:.1f}]"
+    return cell + (f" ({row['pixels']:.1%})" if pixels else "")
+
+
+def _points(row: Mapping[str, float]) -> str:
+    if not np.isfinite(row["value"]):
+        return "-"
+    return (f"{100 * row['value']:+.1f} [{100 * row['low']:+.1f}, "
+            f"{100 * row['high']:+.1f}]")
+
+
+def _share_table(table: dict, regions: Sequence[str]) -> list[str]:
+    lines = ["| task | images | all-zero | " + " | ".join(
+        f"share {r} [95% CI] (pixels)" for r in regions) + " |",
+        "|---|---:|---:|" + "---:|" * len(regions)]
+    for task, t in table.items():
+        lines.append(f"| {task} | {t['images']} | {t['dropped']} | " + " | ".join(
+            _share(t["regions"][r], pixels=True) for r in regions) + " |")
+    return lines
+
+
+def saliency_section(numbers: dict, figure: str, split: str = "test") -> str:
+    """The report's markdown section from `controlled_shares`' numbers; ``figure`` is the
+    file name of the mean maps' figure beside report.md."""
+    regions = numbers["regions"]
+    parts = [
+        f"## Where the model looks ({split})", "",
+        f"Grad-CAM of each task head (the predicted class) at `{numbers['layer']}` over "
+        f"{numbers['images']} {split} images of {numbers['persons']} persons, drawn at "
+        "random (`config.split_seed`). The figure: each head's mean absolute map (each "
+        "image's map normalised to sum 1) over the mean image.", "",
+        f"![{split} saliency]({figure})", "",
+        "Share of each image's absolute attribution inside each region, mean over the "
+        "images [95% interval from a bootstrap of persons]; in brackets after it the "
+        "region's share of the pixels of the same images, what a map spread evenly would "
+        "give. An all-zero map has no share: its image is left out of every number of its "
+        "task in this section (shares, pixel shares, pairs, comparisons) and counted under "
+        "\"all-zero\".", "", *_share_table(numbers["grad_cam"], regions), ""]
+    parts += _twin_part(numbers["twins"], regions)
+    if "controls" in numbers:
+        controls = numbers["controls"]
+        parts += [
+            "### Controls on a subsample", "",
+            f"The two checks below run on {controls['images']} of the images "
+            f"({controls['persons']} persons), drawn by `config.split_seed` (integrated "
+            "gradients cost a backward pass per path step and task), and compare on those "
+            "images only.", ""]
+        parts += _randomized_part(numbers["randomized"], regions)
+        parts += _ig_part(numbers["integrated_gradients"], regions)
+    seconds = numbers.get("seconds", {})
+    parts += [f"Seconds: {', '.join(f'{k} {v:.1f}' for k, v in seconds.items())}. "
+              "Numbers also in saliency.json.", ""]
+    return "\n".join(parts)
+
+
+def _twin_part(twins: dict, regions: Sequence[str]) -> list[str]:
+    head = ["### Control: the unmasked twins", ""]
+    if "absent" in twins:
+        return head + [
+            f"No control by unmasked twins: {twins['absent']} A smooth map centred on the "
+            "face puts more than its pixel share on any central region, mask or not, so the "
+            "shares above cannot tell the mask's pull from the face's centre.", ""]
+    lines = head + [
+        "The same model's Grad-CAM on each image's unmasked twin (the photo before its mask "
+        "was drawn; `photo_id` links them), its shares taken in the masked image's regions. "
+        "The difference (with the mask - twin, per pair, points; paired bootstrap of "
+        "persons) is what the mask itself adds to a region's share: an interval above 0 "
+        "on the mask is a pull the face's centre does not explain. Pairs: images with a "
+        "twin and two non-zero maps.", "",
+        "| task | region | pairs | with the mask | unmasked twin | difference (points) |",
+        "|---|---|---:|---:|---:|---:|"]
+    for task, t in twins.items():
+        for r in regions:
+            row = t["regions"][r]
+            lines.append(f"| {task} | {r} | {t['pairs']} | {_share(row['masked'])} | "
+                         f"{_share(row['twin'])} | {_points(row['difference'])} |")
+    without = {t: v["without_twin"] for t, v in twins.items() if v["without_twin"]}
+    dropped = {t: v["dropped"] for t, v in twins.items() if v["dropped"]}
+    if without or dropped:
+        lines += ["", f"Images without a twin: {max(without.values(), default=0)}; pairs "
+                  "left out for an all-zero map: "
+                  + (", ".join(f"{t} {k}" for t, k in dropped.items()) or "none") + "."]
+    return lines + [""]
+
+
+def _randomized_part(randomized: dict, regions: Sequence[str]) -> list[str]:
+    trained = randomized["trained"]
+    lines = [
+        "#### Randomised top layers", "",
+        f"Grad-CAM of a copy of the model whose {', '.join(randomized['modules'])} are "
+        f"re-initialised (seed {randomized['seed']}; Adebayo et al. 2018's model "
+        "randomisation). If a method reads what the model learnt, its maps change: shares "
+        "move and each image's map correlates little with the trained one's (Spearman rank "
+        "correlation over the pixels, mean [95% CI]). Maps that stay put would come from "
+        "the image and the architecture, not from the training.", "",
+        "| task | all-zero (trained / randomised) | " + " | ".join(
+            f"share {r}: trained / randomised" for r in regions) + " | rank correlation |",
+        "|---|---:|" + "---:|" * len(regions) + "---:|"]
+    for task, t in randomized["grad_cam"].items():
+        rho = randomized["rank_correlation"][task]
+        rho_cell = (f"{rho['value']:.2f} [{rho['low']:.2f}, {rho['high']:.2f}]"
+                    if np.isfinite(rho["value"]) else "-")
+        lines.append(
+            f"| {task} | {trained[task]['dropped']} / {t['dropped']} | " + " | ".join(
+                f"{_share(trained[task]['regions'][r])} / {_share(t['regions'][r])}"
+                for r in regions) + f" | {rho_cell} |")
+    return lines + [""]
+
+
+def _ig_part(ig: dict, regions: Sequence[str]) -> list[str]:
+    lines = [
+        "#### A second method: integrated gradients", "",
+        f"Integrated gradients ({ig['steps']} steps of the path from a {ig['baseline']} "
+        "image, midpoint rule, at the input's full resolution) beside Grad-CAM on the same "
+        "images. Agree: the two intervals overlap and put the region on the same side of "
+        "its pixel share (above, within or below). An image with an all-zero map from "
+        "either method is left out of both.", "",
+        "| task | region | Grad-CAM | integrated gradients | pixels | agree? |",
+        "|---|---|---:|---:|---:|---|"]
+    for task, t in ig["shares"].items():
+        for r in regions:
+            a = ig["grad_cam_same_images"][task]["regions"][r]
+            b, verdict = t["regions"][r], ig["agreement"][task][r]
+            how = ("overlap" if verdict["overlap"] else "disjoint") + "; " + (
+                verdict["sides"][0] if verdict["sides"][0] == verdict["sides"][1]
+                else " / ".join(verdict["sides"]))
+            pixels = f"{b['pixels']:.1%}" if np.isfinite(b["pixels"]) else "-"
+            lines.append(f"| {task} | {r} | {_share(a)} | {_share(b)} | {pixels} | "
+                         f"{'yes' if verdict['agree'] else 'no'} ({how}) |")
+    dropped = {t: v["dropped"] for t, v in ig["shares"].items() if v["dropped"]}
+    if dropped:
+        lines += ["", "Images left out for an all-zero map (either method): "
+                  + ", ".join(f"{t} {k}" for t, k in dropped.items()) + "."]
+    return lines + [""]

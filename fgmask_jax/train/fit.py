@@ -22,8 +22,8 @@ from fgmask_jax.data import pipeline, splits
 from fgmask_jax.evaluation import calibration as calibration_lib
 from fgmask_jax.evaluation import report as report_lib
 from fgmask_jax.evaluation import saliency as saliency_lib
+from fgmask_jax.evaluation import saliency_controls, writers
 from fgmask_jax.evaluation import subgroups as subgroups_lib
-from fgmask_jax.evaluation import writers
 from fgmask_jax.train import evaluate as evaluate_lib
 from fgmask_jax.train import optim
 from fgmask_jax.train import state as state_lib
@@ -349,7 +349,7 @@ def saliency_section(workdir: str, model, state, source, indices, config) -> str
     last feature map of at least 4x4 (a ResNet's last map is 2x2 at 64 px), the share of
     attribution on each image's mask, above it and elsewhere (from the dataset's landmarks;
     without them, the upper and lower half of the image) with intervals by person, and its
-    controls (`saliency.controlled_shares`: unmasked twins where the dataset has them, top
+    controls (`saliency_controls.controlled_shares`: unmasked twins where the dataset has them, top
     layers randomised, integrated gradients from a black image). Writes the figure and
     ``saliency.json``; returns the markdown. Runs on this process's devices only."""
     indices = np.asarray(indices)
@@ -368,19 +368,19 @@ def saliency_section(workdir: str, model, state, source, indices, config) -> str
     else:
         upper = saliency_lib.rows_above(h, w, h // 2)
         regions = {"upper half": upper, "lower half (mask)": ~upper}
-    twins = saliency_lib.load_twins(config.dataset, pipeline.data_dir(config), source,
+    twins = saliency_controls.load_twins(config.dataset, pipeline.data_dir(config), source,
                                     indices, config.image_size)
     if not isinstance(twins, str):
         twins = (np.asarray(pipeline.normalize(twins[0], jnp.float32)), twins[1])
     black = np.asarray(pipeline.normalize(np.zeros((1, 1, 1, 3), np.uint8), jnp.float32))
-    numbers, mean_maps = saliency_lib.controlled_shares(
+    numbers, mean_maps = saliency_controls.controlled_shares(
         model, variables, np.asarray(pipeline.normalize(images, jnp.float32)),
         loaded["subject_id"], regions, model_name=config.model, twins=twins,
         batch_size=config.batch_size, seed=config.split_seed, ig_baseline=("black", black))
     report_lib.plot_mean_saliency(images.mean(0), mean_maps,
                                   os.path.join(workdir, "saliency_test.png"), "test: Grad-CAM")
-    writers.write_json(os.path.join(workdir, "saliency.json"), saliency_lib.jsonable(numbers))
-    return saliency_lib.format_section(numbers, "saliency_test.png")
+    writers.write_json(os.path.join(workdir, "saliency.json"), saliency_controls.jsonable(numbers))
+    return report_lib.saliency_section(numbers, "saliency_test.png")
 
 
 def start_note(config, params) -> str:
