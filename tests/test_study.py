@@ -9,7 +9,7 @@ import pytest
 
 from fgmask_jax import errors
 from fgmask_jax.data import splits
-from fgmask_jax.evaluation import bootstrap, metrics
+from fgmask_jax.evaluation import bootstrap, metrics, tables
 from fgmask_jax.experiments import leak, study
 
 TASKS = ("age_group", "gender", "expression")
@@ -337,9 +337,9 @@ def test_holm_decisions_and_report_lines():
     assert line.startswith("2 of these 3 differences exclude 0; with 95% intervals about 0.1")
     assert line.endswith("1 still excludes 0: a.")
     lines = ["# t", "", "| table |", "", "## Balanced accuracy", "x"]
-    assert study.insert_before(lines, ("## Paired", "## Balanced"), ["", "new"]) == [
+    assert tables.insert_before(lines, ("## Paired", "## Balanced"), ["", "new"]) == [
         "# t", "", "| table |", "", "new", "", "## Balanced accuracy", "x"]
-    assert study.insert_before(["a"], ("## None",), ["b"]) == ["a", "b"]
+    assert tables.insert_before(["a"], ("## None",), ["b"]) == ["a", "b"]
 
 
 def test_runlocal_is_the_configs_variant_and_weights_must_exist(tmp_path):

@@ -329,3 +329,13 @@ def _leak_setting(setting: dict, num_methods: int, words: Wording) -> list[str]:
     lines.append("- wall time: " + ", ".join(f"{p} {secs[p] / 60:.1f} min" for p in protocols)
                  + f"; {sum(secs.values()) / 60:.1f} min in all (0 for finished runs reused)")
     return lines
+
+
+def insert_before(lines: list[str], headings, new: list[str]) -> list[str]:
+    """``lines`` with ``new`` before the first line that starts with one of ``headings``
+    (its blank line kept above it), or at the end if none does."""
+    at = next((i for i, line in enumerate(lines) if line.startswith(tuple(headings))),
+              len(lines))
+    if at and not lines[at - 1]:
+        at -= 1  # keep the heading's blank line before it
+    return lines[:at] + new + lines[at:]

@@ -173,10 +173,10 @@ def write_comparison(workdir: str, rows, inflation, setting: dict,
     with open(path) as f:
         lines = f.read().split("\n")
     name = lambda d: f"{study.TITLES[d['method']]} {d['task']} study − {d['versus']}"  # noqa: E731
-    lines = study.insert_before(lines, ("## Mean inflation",), [
+    lines = tables.insert_before(lines, ("## Mean inflation",), [
         "", "Many intervals at once: " + study.holm_sentence(inflation, "inflations", name)])
     if control:
-        lines = study.insert_before(lines, ("## What ran",),
+        lines = tables.insert_before(lines, ("## What ran",),
                                     leak_control.section(control, study.TITLES))
     with open(path, "w") as f:
         f.write("\n".join(lines))

@@ -358,26 +358,16 @@ def add_to_report(path: str, paired, missing: dict[str, str]) -> None:
         lines = f.read().split("\n")
     if missing:
         notes = [f"- {TITLES[m]}: {why}" for m, why in missing.items()]
-        lines = insert_before(lines, ("## Paired comparisons", "## Balanced accuracy"),
+        lines = tables.insert_before(lines, ("## Paired comparisons", "## Balanced accuracy"),
                               ["", f"Not in this table ({len(missing)} of the eight "
                                "methods):", "", *notes])
     if paired:
         name = lambda d: (f"{TITLES[d['method']]} − {TITLES[d['versus']]}, "  # noqa: E731
                           f"{d['task']}")
-        lines = insert_before(lines, ("## Balanced accuracy",), [
+        lines = tables.insert_before(lines, ("## Balanced accuracy",), [
             "", holm_sentence(paired, "comparisons", name, chance=False)])
     with open(path, "w") as f:
         f.write("\n".join(lines))
-
-
-def insert_before(lines: list[str], headings, new: list[str]) -> list[str]:
-    """``lines`` with ``new`` before the first line that starts with one of ``headings``
-    (its blank line kept above it), or at the end if none does."""
-    at = next((i for i, line in enumerate(lines) if line.startswith(tuple(headings))),
-              len(lines))
-    if at and not lines[at - 1]:
-        at -= 1  # keep the heading's blank line before it
-    return lines[:at] + new + lines[at:]
 
 
 def prepare(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
