@@ -330,16 +330,12 @@ def test_holm_decisions_and_report_lines():
              {"low": 0.001, "high": 0.1, "p": 0.04, "name": "b"},
              {"low": -0.1, "high": 0.1, "p": 0.8, "name": "c"},
              {"low": math.nan, "high": math.nan, "p": math.nan, "name": "d"}]
-    study.with_holm(diffs)
+    bootstrap.with_holm(diffs)
     assert [d["excludes_0"] for d in diffs] == [True, True, False, False]
     assert [d["excludes_0_holm"] for d in diffs] == [True, False, False, False]
-    line = study.holm_sentence(diffs[:3], "differences", lambda d: d["name"])
+    line = tables.holm_sentence(diffs[:3], "differences", lambda d: d["name"])
     assert line.startswith("2 of these 3 differences exclude 0; with 95% intervals about 0.1")
     assert line.endswith("1 still excludes 0: a.")
-    lines = ["# t", "", "| table |", "", "## Balanced accuracy", "x"]
-    assert tables.insert_before(lines, ("## Paired", "## Balanced"), ["", "new"]) == [
-        "# t", "", "| table |", "", "new", "", "## Balanced accuracy", "x"]
-    assert tables.insert_before(["a"], ("## None",), ["b"]) == ["a", "b"]
 
 
 def test_runlocal_is_the_configs_variant_and_weights_must_exist(tmp_path):

@@ -321,6 +321,17 @@ def holm(p_values, alpha: float = 0.05) -> dict:
             "tests": m, "by_chance": m * alpha}
 
 
+def with_holm(differences: list[dict], alpha: float = 0.05) -> None:
+    """Adds to each of ``differences`` (dicts with ``low``, ``high`` and a bootstrap ``p``,
+    nan without an interval) ``excludes_0`` (its 95% interval excludes 0), ``p_holm`` and
+    ``excludes_0_holm`` (`holm` over all of them at family-wise ``alpha``)."""
+    corrected = holm([d["p"] for d in differences], alpha)
+    for d, adjusted, excludes in zip(differences, corrected["adjusted"],
+                                     corrected["excludes_0"], strict=True):
+        d.update(excludes_0=bool(d["low"] > 0 or d["high"] < 0), p_holm=float(adjusted),
+                 excludes_0_holm=bool(excludes))
+
+
 def _weighted_side(side: tuple, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(correct bool[K, N], subject_ids int[N], weights float[N]): each image's weight is 1,
     or 1 / (images of its photo) when ``side`` gives photo ids."""

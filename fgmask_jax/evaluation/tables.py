@@ -30,11 +30,11 @@ class Wording:
     protocols: dict[str, str]  # protocol -> what it holds out
 
 
-def _pct(x: float) -> str:
+def pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def _sign(x: float) -> str:
+def sign(x: float) -> str:
     return f"{100 * x:+.1f}"
 
 
@@ -42,18 +42,18 @@ def _num(x: float) -> str:
     return "" if math.isnan(x) else f"{x:.6f}"
 
 
-def _bounds(r: dict, fmt) -> str:
+def bounds(r: dict, fmt) -> str:
     """'value [low, high]'."""
     return f"{fmt(r['value'])} [{fmt(r['low'])}, {fmt(r['high'])}]"
 
 
-def _interval(r: dict | None, fmt) -> str:
+def interval(r: dict | None, fmt) -> str:
     """'value [low, high]', or 'value (no interval)' for a run without one, or 'not run'."""
     if r is None:
         return "not run"
     if math.isnan(r["low"]):
         return fmt(r["value"]) + " (no interval)"
-    return _bounds(r, fmt)
+    return bounds(r, fmt)
 
 
 def _ordered(rows, words: Wording) -> tuple[list[str], list[str]]:
@@ -66,29 +66,47 @@ def _cell(rows, method, task, metric, fmt) -> str:
     found = next((r for r in rows if (r["method"], r["task"], r["metric"])
                   == (method, task, metric)), None)
     if found is not None and found.get("seeds", 1) > 1 and not math.isnan(found["sd"]):
-        return f"{_interval(found, fmt)} ± {fmt(found['sd'])}"
-    return _interval(found, fmt)
+        return f"{interval(found, fmt)} ± {fmt(found['sd'])}"
+    return interval(found, fmt)
+
+
+def holm_sentence(differences, what: str, name=lambda d: "") -> str:
+    """How many of ``differences`` (`bootstrap.with_holm`'s) exclude 0, how many would by
+    chance alone, and which still do after Holm's correction; ``name`` names one."""
+    differences = [d for d in differences if not math.isnan(d["p"])]  # with an interval
+    m = len(differences)
+    raw = sum(d["excludes_0"] for d in differences)
+    kept = [name(d) for d in differences if d["excludes_0_holm"]]
+    which = f": {'; '.join(kept)}" if kept and all(kept) else ""
+
+    def excludes(n: int) -> str:
+        return "excludes" if n == 1 else "exclude"
+
+    return (f"{raw} of these {m} {what} {excludes(raw)} 0; with 95% intervals about "
+            f"{m / 20:.1f} would by chance alone if no difference were real. "
+            f"After Holm's step-down correction over all {m} {what} (two-sided bootstrap "
+            f"p-values, family-wise error 5%), {len(kept)} still {excludes(len(kept))} "
+            f"0{which}.")
 
 
 def _paired_section(paired, titles: dict[str, str]) -> list[str]:
-    """study.md's paired comparisons: accuracy differences on the same test persons."""
+    """study.md's paired comparisons: accuracy differences on the same test persons, and
+    how to read many of them at once."""
     if not paired:
         return []
-    excluding = sum(not d["low"] <= 0 <= d["high"] for d in paired)
     lines = ["", "## Paired comparisons: accuracy difference (points) [95% interval]", "",
              "On the same test persons (and training seeds): each interval comes from "
-             "resampling persons once for both methods, so what the two share cancels. "
-             f"{excluding} of these {len(paired)} intervals exclude 0; with 95% intervals, "
-             f"about {len(paired) / 20:.1f} would by chance alone if no method differed, so "
-             "read a single one that barely excludes 0 with care.", "",
+             "resampling persons once for both methods, so what the two share cancels.", "",
              "| comparison | task | methods | difference | excludes 0 |",
              "|---|---|---|---:|---|"]
     for d in paired:
         lines.append(f"| {d['comparison']} | {d['task']} | {titles.get(d['method'], d['method'])}"
                      f" − {titles.get(d['versus'], d['versus'])} | "
-                     f"{_sign(d['value'])} [{_sign(d['low'])}, {_sign(d['high'])}] | "
+                     f"{sign(d['value'])} [{sign(d['low'])}, {sign(d['high'])}] | "
                      f"{'yes' if not d['low'] <= 0 <= d['high'] else 'no'} |")
-    return lines
+    name = lambda d: (f"{titles.get(d['method'], d['method'])} − "  # noqa: E731
+                      f"{titles.get(d['versus'], d['versus'])}, {d['task']}")
+    return lines + ["", holm_sentence(paired, "comparisons", name)]
 
 
 # --- the study ------------------------------------------------------------------------
@@ -106,10 +124,10 @@ def write_csv(path: str, rows, floor: dict) -> None:
         w.writerow(["method", "task", "metric", "value", "low", "high", "n", "persons",
                     "seeds", "sd"])
         for r in rows:
-            interval = ["", ""] if math.isnan(r["low"]) else [f"{r['low']:.6f}",
-                                                               f"{r['high']:.6f}"]
+            span = ["", ""] if math.isnan(r["low"]) else [f"{r['low']:.6f}",
+                                                           f"{r['high']:.6f}"]
             seeds = r.get("seeds", 1)
-            w.writerow([r["method"], r["task"], r["metric"], f"{r['value']:.6f}", *interval,
+            w.writerow([r["method"], r["task"], r["metric"], f"{r['value']:.6f}", *span,
                         r["n"], "" if r["persons"] is None else r["persons"], seeds,
                         _num(r["sd"]) if seeds > 1 else ""])
         for task, rate in floor.items():
@@ -118,9 +136,10 @@ def write_csv(path: str, rows, floor: dict) -> None:
 
 
 def write_markdown(path: str, rows, floor: dict, setting: dict, runs, notes,
-                   words: Wording, paired=()) -> None:
-    """study.md: the accuracy table with intervals, the paired comparisons, the other
-    metrics, what ran, notes."""
+                   words: Wording, paired=(), missing=None) -> None:
+    """study.md: the accuracy table with intervals (and a line for each method of
+    ``missing``, {method: why it did not run}), the paired comparisons, the other metrics,
+    what ran, notes."""
     methods, tasks = _ordered(rows, words)
     titles = {m: setting.get("titles", {}).get(m, words.titles[m]) for m in methods}
     kind, caveat = words.data[setting["data"]]
@@ -149,16 +168,19 @@ def write_markdown(path: str, rows, floor: dict, setting: dict, runs, notes,
               "|---|" + "---:|" * len(tasks)]
     for m in methods:
         lines.append(f"| {titles[m]} | "
-                     + " | ".join(_cell(rows, m, t, "accuracy", _pct) for t in tasks) + " |")
+                     + " | ".join(_cell(rows, m, t, "accuracy", pct) for t in tasks) + " |")
     lines.append("| *majority class (floor)* | "
-                 + " | ".join(_pct(floor[t]) for t in tasks) + " |")
+                 + " | ".join(pct(floor[t]) for t in tasks) + " |")
+    if missing:
+        lines += ["", f"Not in this table ({len(missing)} of the eight methods):", "",
+                  *[f"- {words.titles[m]}: {why}" for m, why in missing.items()]]
     lines += _paired_section(paired, titles)
     lines += ["", "## Balanced accuracy (%) and macro-F1 [95% intervals]", "",
               "| method | " + " | ".join(f"{t} bal. acc. | {t} macro-F1" for t in tasks) + " |",
               "|---|" + "---:|---:|" * len(tasks)]
     f3 = lambda x: f"{x:.3f}"  # noqa: E731
     for m in methods:
-        cells = [c for t in tasks for c in (_cell(rows, m, t, "balanced_accuracy", _pct),
+        cells = [c for t in tasks for c in (_cell(rows, m, t, "balanced_accuracy", pct),
                                             _cell(rows, m, t, "macro_f1", f3))]
         lines.append(f"| {titles[m]} | " + " | ".join(cells) + " |")
     lines += _study_runs(rows, tasks, runs)
@@ -249,8 +271,11 @@ def write_leak_csv(path: str, rows, inflation) -> None:
                         _num(r["value"]), _num(r["low"]), _num(r["high"]), "", ""])
 
 
-def write_leak_markdown(path: str, rows, inflation, setting: dict, words: Wording) -> None:
-    """leak.md: accuracy per protocol side by side and the study protocol's inflation."""
+def write_leak_markdown(path: str, rows, inflation, setting: dict, words: Wording,
+                        section=()) -> None:
+    """leak.md: accuracy per protocol side by side, the study protocol's inflation (with
+    `bootstrap.with_holm`'s decisions) and ``section`` (lines, e.g. a control's) before
+    what ran."""
     protocols = setting["protocols"]
     others = [p for p in protocols if p != "study"]
     methods, tasks = _ordered(rows, words)
@@ -264,14 +289,16 @@ def write_leak_markdown(path: str, rows, inflation, setting: dict, words: Wordin
               "|---|---|" + "---:|" * (len(protocols) + len(others))]
     for m in methods:
         for t in tasks:
-            cells = [_interval(acc.get((m, t, p)), _pct) for p in protocols]
-            cells += [_interval(up.get((m, t, p)), _sign) for p in others]
+            cells = [interval(acc.get((m, t, p)), pct) for p in protocols]
+            cells += [interval(up.get((m, t, p)), sign) for p in others]
             lines.append(f"| {words.titles[m]} | {t} | " + " | ".join(cells) + " |")
     floors = setting.get("floors", {})
     for t in tasks:  # each protocol's test set has its own class mix
-        cells = [_pct(floors[p][t]) if t in floors.get(p, {}) else "" for p in protocols]
+        cells = [pct(floors[p][t]) if t in floors.get(p, {}) else "" for p in protocols]
         lines.append(f"| *majority class (floor)* | {t} | " + " | ".join(cells) + " |"
                      + " |" * len(others))
+    name = lambda d: f"{words.titles[d['method']]} {d['task']} study − {d['versus']}"  # noqa: E731
+    lines += ["", "Many intervals at once: " + holm_sentence(inflation, "inflations", name)]
     balanced = {(r["method"], r["task"], r["versus"]): r["value"]
                 for r in setting.get("balanced_inflation", ())}
     lines += ["", "## Mean inflation over tasks (points)", "",
@@ -285,11 +312,12 @@ def write_leak_markdown(path: str, rows, inflation, setting: dict, words: Wordin
         means = []
         for p in others:
             v = [up[m, t, p]["value"] for t in tasks if (m, t, p) in up]
-            means.append(_sign(float(np.mean(v))) if v else "not run")
+            means.append(sign(float(np.mean(v))) if v else "not run")
         for p in others:
             v = [balanced[m, t, p] for t in tasks if (m, t, p) in balanced]
-            means.append(_sign(float(np.mean(v))) if v else "not run")
+            means.append(sign(float(np.mean(v))) if v else "not run")
         lines.append(f"| {words.titles[m]} | " + " | ".join(means) + " |")
+    lines += list(section)
     lines += ["", "## What ran", "", "| run | what |", "|---|---|"]
     lines += [f"| {folder} | {text} |" for folder, text in setting["descriptions"].items()]
     lines += ["", "Each protocol's own report: "
@@ -329,13 +357,3 @@ def _leak_setting(setting: dict, num_methods: int, words: Wording) -> list[str]:
     lines.append("- wall time: " + ", ".join(f"{p} {secs[p] / 60:.1f} min" for p in protocols)
                  + f"; {sum(secs.values()) / 60:.1f} min in all (0 for finished runs reused)")
     return lines
-
-
-def insert_before(lines: list[str], headings, new: list[str]) -> list[str]:
-    """``lines`` with ``new`` before the first line that starts with one of ``headings``
-    (its blank line kept above it), or at the end if none does."""
-    at = next((i for i, line in enumerate(lines) if line.startswith(tuple(headings))),
-              len(lines))
-    if at and not lines[at - 1]:
-        at -= 1  # keep the heading's blank line before it
-    return lines[:at] + new + lines[at:]

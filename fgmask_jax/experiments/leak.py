@@ -169,17 +169,8 @@ def write_comparison(workdir: str, rows, inflation, setting: dict,
     # The setting's seconds hold the control's time too: leak.md's line names protocols.
     tables.write_leak_markdown(path, rows, inflation, {
         **setting, "seconds": {p: v for p, v in setting["seconds"].items()
-                               if p in setting["protocols"]}}, study.WORDING)
-    with open(path) as f:
-        lines = f.read().split("\n")
-    name = lambda d: f"{study.TITLES[d['method']]} {d['task']} study − {d['versus']}"  # noqa: E731
-    lines = tables.insert_before(lines, ("## Mean inflation",), [
-        "", "Many intervals at once: " + study.holm_sentence(inflation, "inflations", name)])
-    if control:
-        lines = tables.insert_before(lines, ("## What ran",),
-                                    leak_control.section(control, study.TITLES))
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+                               if p in setting["protocols"]}}, study.WORDING,
+        leak_control.section(control, study.TITLES) if control else ())
     writers.write_json(os.path.join(workdir, "leak.json"),
                        {"setting": setting, "rows": rows, "inflation": inflation,
                         "control": control})
@@ -196,7 +187,7 @@ def inflation_rows(workdir: str, runs, rows, protocols, *, num_samples: int,
                    seed: int) -> list[dict]:
     """Per method, task and other protocol: accuracy under ``study`` minus that under the
     other one, with a paired interval and p-value where both runs kept their predictions
-    (else nan), and Holm's decision over all of them (`study.with_holm`).
+    (else nan), and Holm's decision over all of them (`bootstrap.with_holm`).
     """
     seeds = {(method, t): group for (method, _), group in study.by_method(runs).items()
              for t in group[0].tasks}
@@ -214,7 +205,7 @@ def inflation_rows(workdir: str, runs, rows, protocols, *, num_samples: int,
                  else {"low": math.nan, "high": math.nan, "p": math.nan})
             inflation.append({"method": method, "task": task, "versus": p, "value": point,
                               "low": d["low"], "high": d["high"], "p": d["p"]})
-    study.with_holm(inflation)
+    bootstrap.with_holm(inflation)
     return inflation
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from absl import logging
 
 from fgmask_jax import errors
-from fgmask_jax.evaluation import bootstrap
+from fgmask_jax.evaluation import bootstrap, tables
 from fgmask_jax.experiments import study
 
 CONTROLLED = ("study", "photo")  # the protocols cut, each set against ``subject``
@@ -116,7 +116,7 @@ def control_rows(workdir: str, runs, controlled, k: int, *, num_samples: int,
                  seed: int) -> list[dict]:
     """Per method, task and controlled protocol: accuracy under ``<p>@K`` minus that under
     subject, paired over the union of their test persons (`bootstrap.difference_test`),
-    with Holm's correction over all of them (`study.with_holm`)."""
+    with Holm's correction over all of them (`bootstrap.with_holm`)."""
     out = []
     for (method, _), group in study.by_method(runs).items():
         for task in group[0].tasks:
@@ -129,7 +129,7 @@ def control_rows(workdir: str, runs, controlled, k: int, *, num_samples: int,
                 d = bootstrap.difference_test(ours, theirs, num_samples=num_samples,
                                               seed=seed)
                 out.append({"method": method, "task": task, "versus": f"{p}@{k}", **d})
-    study.with_holm(out)
+    bootstrap.with_holm(out)
     return out
 
 
@@ -206,15 +206,10 @@ def section(control: dict, titles: dict[str, str]) -> list[str]:
     and what is left of the inflation, with Holm's decisions."""
 
     def pct(r):
-        if r is None:
-            return "not run"
-        return f"{100 * r['value']:.1f} [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
+        return tables.interval(r, tables.pct)
 
     def sign(r):
-        if r is None:
-            return "not run"
-        return (f"{100 * r['value']:+.1f} [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]"
-                + (" ‡" if r["excludes_0_holm"] else ""))
+        return tables.interval(r, tables.sign) + (" ‡" if r and r["excludes_0_holm"] else "")
 
     k, cut = control["persons"], [f"{p}@{control['persons']}" for p in control["protocols"]]
     acc = {(r["method"], r["task"], r["protocol"]): r for r in control["rows"]}
@@ -244,5 +239,5 @@ def section(control: dict, titles: dict[str, str]) -> list[str]:
             cells += [sign(up.get((m, t, c))) for c in cut]
             lines.append(f"| {titles[m]} | {t} | " + " | ".join(cells) + " |")
     lines += ["", "‡: still excludes 0 after Holm's correction. "
-              + study.holm_sentence(control["inflation"], "differences")]
+              + tables.holm_sentence(control["inflation"], "differences")]
     return lines

@@ -400,7 +400,7 @@ def score(workdir: str, cells, photo_ids: dict[str, np.ndarray], *, num_samples:
                 d = bootstrap.difference_test(side["unmasked", "unmasked"], side[tr, "masked"],
                                               num_samples=num_samples, seed=seed)
                 costs.append({"method": method, "task": task, "train": tr, **d})
-    study.with_holm(gaps + costs)
+    bootstrap.with_holm(gaps + costs)
     return rows, gaps, costs
 
 

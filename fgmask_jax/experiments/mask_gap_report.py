@@ -7,22 +7,8 @@ differences that add ``p``, ``excludes_0`` and ``excludes_0_holm``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from fgmask_jax.evaluation.tables import Wording
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
-def _sign(x: float) -> str:
-    return f"{100 * x:+.1f}"
-
-
-def _bounds(r: dict, fmt) -> str:
-    return f"{fmt(r['value'])} [{fmt(r['low'])}, {fmt(r['high'])}]"
+from fgmask_jax.evaluation import tables
+from fgmask_jax.evaluation.tables import Wording, bounds, pct, sign
 
 
 def _yes(x: bool) -> str:
@@ -52,9 +38,9 @@ def write_markdown(path: str, rows, gaps, costs, setting: dict, runs, words: Wor
         acc = {(r["task"], r["train"], r["test"]): r for r in rows if r["method"] == m}
         for g in (g for g in gaps if g["method"] == m):
             lines.append(f"| {g['task']} | {trainings[g['train']]} | "
-                         f"{_bounds(acc[g['task'], g['train'], 'masked'], _pct)} | "
-                         f"{_bounds(acc[g['task'], g['train'], 'unmasked'], _pct)} | "
-                         f"{_bounds(g, _sign)} | {_yes(g['excludes_0'])} | "
+                         f"{bounds(acc[g['task'], g['train'], 'masked'], pct)} | "
+                         f"{bounds(acc[g['task'], g['train'], 'unmasked'], pct)} | "
+                         f"{bounds(g, sign)} | {_yes(g['excludes_0'])} | "
                          f"{_yes(g['excludes_0_holm'])} |")
         mine = [c for c in costs if c["method"] == m]
         if mine:
@@ -62,12 +48,12 @@ def write_markdown(path: str, rows, gaps, costs, setting: dict, runs, words: Wor
                       "tested on the unmasked twins minus trained and tested masked.", "",
                       "| task | masked model trained on | cost | excludes 0 | after Holm |",
                       "|---|---|---:|---|---|"]
-            lines += [f"| {c['task']} | {trainings[c['train']]} | {_bounds(c, _sign)} | "
+            lines += [f"| {c['task']} | {trainings[c['train']]} | {bounds(c, sign)} | "
                       f"{_yes(c['excludes_0'])} | {_yes(c['excludes_0_holm'])} |"
                       for c in mine]
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     lines += ["", "Majority-class rate (floor), each photo once: " + ", ".join(
-        f"{t} {_pct(floor[t, 'masked'])} (masked test), {_pct(floor[t, 'unmasked'])} "
+        f"{t} {pct(floor[t, 'masked'])} (masked test), {pct(floor[t, 'unmasked'])} "
         "(unmasked)" for t in tasks) + ".", "", "## What ran", "",
         "| run | what | steps | a check every | checks | status | seconds |",
         "|---|---|---:|---:|---:|---|---:|"]
@@ -150,7 +136,5 @@ def schedule_line(runs, asked: bool = False) -> str:
 
 def multiple_line(differences) -> str:
     """How many of the differences exclude 0, how many would by chance, and after Holm."""
-    from fgmask_jax.experiments import study
-
-    return ("- many intervals: " + study.holm_sentence(differences, "gaps and costs")
+    return ("- many intervals: " + tables.holm_sentence(differences, "gaps and costs")
             + " The tables mark each: 'excludes 0' (its 95% interval) and 'after Holm'")

@@ -13,7 +13,6 @@ back, with intervals from a bootstrap over persons when its per-image prediction
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 
@@ -206,7 +205,7 @@ def paired_rows(workdir: str, runs, rows, *, num_samples: int, seed: int) -> lis
     """The study's comparisons (`COMPARISONS`, and per task the best neural method against
     the best classical one by accuracy): accuracy differences on the same test persons
     (and seeds), each with its paired interval, bootstrap p-value and Holm's decision over
-    all of them (`with_holm`). Pairs whose runs are missing or kept no predictions are
+    all of them (`bootstrap.with_holm`). Pairs whose runs are missing or kept no predictions are
     left out."""
     groups = by_method(runs)
     accuracy = {(r["method"], r["task"]): r["value"] for r in rows if r["metric"] == "accuracy"}
@@ -229,40 +228,8 @@ def paired_rows(workdir: str, runs, rows, *, num_samples: int, seed: int) -> lis
             d = bootstrap.difference_test(*correct, num_samples=num_samples, seed=seed)
             out.append({"comparison": what, "task": task, "method": a, "versus": b, **d,
                         "seeds": [len(s) for s in sides]})
-    with_holm(out)
+    bootstrap.with_holm(out)
     return out
-
-
-def with_holm(differences: list[dict], alpha: float = 0.05) -> None:
-    """Adds ``excludes_0`` (the 95% interval excludes 0; False without one), ``p_holm`` and
-    ``excludes_0_holm``
-    (Holm's correction over all ``differences``, each with its bootstrap ``p``, at
-    family-wise ``alpha``: `bootstrap.holm`) to each difference."""
-    holm = bootstrap.holm([d["p"] for d in differences], alpha)
-    for d, adjusted, excludes in zip(differences, holm["adjusted"], holm["excludes_0"],
-                                     strict=True):
-        d.update(excludes_0=bool(d["low"] > 0 or d["high"] < 0), p_holm=float(adjusted),
-                 excludes_0_holm=bool(excludes))
-
-
-def holm_sentence(differences, what: str, name=lambda d: "", chance: bool = True) -> str:
-    """How many of ``differences`` (`with_holm`'s) exclude 0 and how many would by chance
-    alone (``chance``), and which still do after Holm's correction; ``name`` names one."""
-    differences = [d for d in differences if not math.isnan(d["p"])]  # with an interval
-    m = len(differences)
-    raw = sum(d["excludes_0"] for d in differences)
-    kept = [name(d) for d in differences if d["excludes_0_holm"]]
-    which = f": {'; '.join(kept)}" if kept and all(kept) else ""
-
-    def excludes(n: int) -> str:
-        return "excludes" if n == 1 else "exclude"
-
-    return ((f"{raw} of these {m} {what} {excludes(raw)} 0; with 95% intervals about "
-             f"{m / 20:.1f} would by chance alone if no difference were real. " if chance
-             else "")
-            + f"After Holm's step-down correction over all {m} {what} (two-sided bootstrap "
-            f"p-values, family-wise error 5%), {len(kept)} still {excludes(len(kept))} "
-            f"0{which}.")
 
 
 def _runs_of(groups, method: str, task: str) -> list[Run]:
@@ -340,34 +307,14 @@ def run_study(workdir: str, *, data: str = "synthetic", protocol: str = "study",
         tables.write_csv(os.path.join(workdir, "study.csv"), rows, floor)
         missing = {m: left_out for m in METHODS if m not in methods}
         report = os.path.join(workdir, "study.md")
-        tables.write_markdown(report, rows, floor, setting, ran, notes, WORDING, paired)
-        add_to_report(report, paired, missing)
+        tables.write_markdown(report, rows, floor, setting, ran, notes, WORDING, paired,
+                              missing)
         tables.write_plot(os.path.join(workdir, "study.png"), rows, floor, setting, WORDING)
         writers.write_json(json_path, {"runs": {**previous, **records}, "setting": setting,
                                        "paired": paired, "left_out": missing,
                                        "last_call_seconds": round(seconds, 1)})
     return {"rows": rows, "floor": floor, "paired": paired, "runs": ran, "notes": notes,
             "left_out": missing, "seconds": seconds}
-
-
-def add_to_report(path: str, paired, missing: dict[str, str]) -> None:
-    """Adds to study.md (as `tables.write_markdown` wrote it) a line under the accuracy
-    table for each method of METHODS that did not run, and Holm's decisions under the
-    paired comparisons."""
-    with open(path) as f:
-        lines = f.read().split("\n")
-    if missing:
-        notes = [f"- {TITLES[m]}: {why}" for m, why in missing.items()]
-        lines = tables.insert_before(lines, ("## Paired comparisons", "## Balanced accuracy"),
-                              ["", f"Not in this table ({len(missing)} of the eight "
-                               "methods):", "", *notes])
-    if paired:
-        name = lambda d: (f"{TITLES[d['method']]} − {TITLES[d['versus']]}, "  # noqa: E731
-                          f"{d['task']}")
-        lines = tables.insert_before(lines, ("## Balanced accuracy",), [
-            "", holm_sentence(paired, "comparisons", name, chance=False)])
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
 
 
 def prepare(data: str, protocol: str, *, runlocal: bool = False, methods=METHODS,
