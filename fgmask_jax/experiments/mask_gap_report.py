@@ -8,7 +8,6 @@ differences that add ``p``, ``excludes_0`` and ``excludes_0_holm``.
 from __future__ import annotations
 
 from fgmask_jax.evaluation import tables
-from fgmask_jax.evaluation.tables import Wording, bounds, pct, sign
 
 
 def _yes(x: bool) -> str:
@@ -19,7 +18,7 @@ def _sized(s: dict) -> str:
     return f"{s['images']:,} images of {s['photos']:,} photos, {s['persons']} persons"
 
 
-def write_markdown(path: str, rows, gaps, costs, setting: dict, runs, words: Wording,
+def write_markdown(path: str, rows, gaps, costs, setting: dict, runs, words: tables.Wording,
                    trainings: dict[str, str], shortening: dict) -> None:
     """mask_gap.md.
 
@@ -38,9 +37,9 @@ def write_markdown(path: str, rows, gaps, costs, setting: dict, runs, words: Wor
         acc = {(r["task"], r["train"], r["test"]): r for r in rows if r["method"] == m}
         for g in (g for g in gaps if g["method"] == m):
             lines.append(f"| {g['task']} | {trainings[g['train']]} | "
-                         f"{bounds(acc[g['task'], g['train'], 'masked'], pct)} | "
-                         f"{bounds(acc[g['task'], g['train'], 'unmasked'], pct)} | "
-                         f"{bounds(g, sign)} | {_yes(g['excludes_0'])} | "
+                         f"{tables.bounds(acc[g['task'], g['train'], 'masked'], tables.pct)} | "
+                         f"{tables.bounds(acc[g['task'], g['train'], 'unmasked'], tables.pct)} | "
+                         f"{tables.bounds(g, tables.sign)} | {_yes(g['excludes_0'])} | "
                          f"{_yes(g['excludes_0_holm'])} |")
         mine = [c for c in costs if c["method"] == m]
         if mine:
@@ -48,12 +47,13 @@ def write_markdown(path: str, rows, gaps, costs, setting: dict, runs, words: Wor
                       "tested on the unmasked twins minus trained and tested masked.", "",
                       "| task | masked model trained on | cost | excludes 0 | after Holm |",
                       "|---|---|---:|---|---|"]
-            lines += [f"| {c['task']} | {trainings[c['train']]} | {bounds(c, sign)} | "
-                      f"{_yes(c['excludes_0'])} | {_yes(c['excludes_0_holm'])} |"
+            lines += [f"| {c['task']} | {trainings[c['train']]} | "
+                      f"{tables.bounds(c, tables.sign)} | {_yes(c['excludes_0'])} | "
+                      f"{_yes(c['excludes_0_holm'])} |"
                       for c in mine]
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     lines += ["", "Majority-class rate (floor), each photo once: " + ", ".join(
-        f"{t} {pct(floor[t, 'masked'])} (masked test), {pct(floor[t, 'unmasked'])} "
+        f"{t} {tables.pct(floor[t, 'masked'])} (masked test), {tables.pct(floor[t, 'unmasked'])} "
         "(unmasked)" for t in tasks) + ".", "", "## What ran", "",
         "| run | what | steps | a check every | checks | status | seconds |",
         "|---|---|---:|---:|---:|---|---:|"]
@@ -68,7 +68,7 @@ def write_markdown(path: str, rows, gaps, costs, setting: dict, runs, words: Wor
         f.write("\n".join(lines))
 
 
-def setting_lines(rows, differences, setting: dict, runs, words: Wording,
+def setting_lines(rows, differences, setting: dict, runs, words: tables.Wording,
                   shortening: dict) -> list[str]:
     """mask_gap.md's title and the list of the data, test and training sets, schedule,
     weighting, intervals and how many differences exclude 0."""
