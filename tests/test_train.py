@@ -155,26 +155,35 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_data_dir
 
 def test_the_host_reads_the_device_only_at_log_validation_and_checkpoint_steps(
         small_data_dir, tmp_path, monkeypatch):
-    calls, reads = [], []
-    real_steps = train.Steps
+    calls, reads, waits, stops = [], [], [], []
+    real_steps, real_wait = train.Steps, jax.block_until_ready
 
     class CountedSteps(real_steps):
         def train(self, *args, **kwargs):
             calls.append(1)
-            return super().train(*args, **kwargs)
+            state, scalars = super().train(*args, **kwargs)
+            stops.append(scalars["stop"])
+            return state, scalars
 
     def counted(fn):
         return lambda *args, **kwargs: (reads.append(len(calls)), fn(*args, **kwargs))[1]
 
+    def wait(x):  # a wait on a step's "stop" scalar is pacing; anything else is a read
+        made = [i + 1 for i, s in enumerate(stops) if s is x]
+        (waits.append((len(calls), made[0])) if made else reads.append(len(calls)))
+        return real_wait(x)
+
     monkeypatch.setattr(train.fit, "Steps", CountedSteps)
     monkeypatch.setattr(jax, "device_get", counted(jax.device_get))
-    monkeypatch.setattr(jax, "block_until_ready", counted(jax.block_until_ready))
+    monkeypatch.setattr(jax, "block_until_ready", wait)
     config = tiny_config(small_data_dir, num_train_steps=8, log_every_steps=4,
                          eval_every_steps=8, checkpoint_every_steps=8)
     train.train_and_evaluate(config, str(tmp_path))
     assert len(calls) == 8
     # The first step (timed), then only the log step 4 and the last step.
     assert set(reads) - {0} == {1, 4, 8}
+    # Between them the host runs loop.RUN_AHEAD (2) steps ahead of the device, never fewer.
+    assert waits == [(step, step - 2) for step in range(3, 9)]
 
 
 def test_damaged_latest_checkpoint_falls_back_to_the_one_before(small_data_dir, tmp_path,

@@ -14,6 +14,7 @@ happens, and before that checkpoint: every checkpoint's best step is in ``best/`
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import signal
 import time
@@ -30,6 +31,11 @@ from fgmask_jax.evaluation import writers
 from fgmask_jax.train import evaluate as evaluate_lib
 from fgmask_jax.train.state import TrainState
 from fgmask_jax.train.steps import Steps
+
+# Steps the host may dispatch beyond the last one the device finished: enough to keep the
+# device busy, few enough that a signal is taken within about two steps of device time (a host
+# waiting on the device takes no signal until the wait ends).
+RUN_AHEAD = 2
 
 
 @dataclasses.dataclass
@@ -89,6 +95,7 @@ class Loop:
         self.last_save = time.monotonic()
         self.first_step_s = self.loop_began = None
         self.seen = None  # the last step's scalars: what it carries forward (Steps.train)
+        self.in_flight = collections.deque()  # the newest steps' "stop" scalars, oldest first
         self.profile_dir = profile_dir
         self.profiling = False
 
@@ -140,6 +147,9 @@ class Loop:
             self.profiling = True
         state, scalars = self.steps.train(state, batch, self.stop.signum, self.seen)
         self.seen = scalars
+        self.in_flight.append(scalars["stop"])
+        if len(self.in_flight) > RUN_AHEAD:  # wait for the step RUN_AHEAD behind this one
+            jax.block_until_ready(self.in_flight.popleft())
         if step == last:
             jax.block_until_ready(scalars)
             self._profile_end()
