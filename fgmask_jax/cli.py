@@ -26,6 +26,7 @@ import errno
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from absl import app, flags
@@ -65,6 +66,11 @@ def fail(prog: str, message: str, code: int, at_once: bool = False) -> None:
     if at_once:
         sys.stderr.flush()
         os._exit(code)
+    if threading.current_thread() is threading.main_thread():
+        # A further Ctrl-C or SIGTERM during the interpreter's clean-up (the work was saved
+        # before the line above) ends the process there, without a traceback from the clean-up.
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_DFL)
     sys.exit(code)
 
 

@@ -112,6 +112,19 @@ def test_ctrl_c_and_sigterm_stop_with_one_line_and_the_rerun_ends_bitwise_equal(
     _assert_same_end(uninterrupted, tmp_path / "run")
 
 
+def test_a_signal_during_the_clean_up_after_the_stop_line_ends_the_process_quietly(tmp_path):
+    # The line is printed and the saves are done; a second SIGTERM then lands in the
+    # interpreter's clean-up (here an atexit hook, as JAX's own clean-up is).
+    script = ("import atexit, os, signal, time\n"
+              "from fgmask_jax import cli, signals\n"
+              "signals.terminate_like_interrupt()\n"
+              "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(5)))\n"
+              "cli.fail('prog', 'stopped by SIGTERM at step 3', 143)\n")
+    result = run([sys.executable, "-c", script], tmp_path, timeout=60)
+    assert result.stderr.strip() == "prog: stopped by SIGTERM at step 3", result.stderr
+    assert result.returncode == -signal.SIGTERM
+
+
 def _assert_same_end(workdir_a: Path, workdir_b: Path) -> None:
     """The two runs of LONG ended bitwise equal, with the same test metrics."""
     step_a, state_a, meta_a = final_state(workdir_a)
