@@ -1,8 +1,9 @@
 """The training loop: steps, logging, validation and early stopping, the checkpoint
 policy, and stopping on Ctrl-C or SIGTERM with the work saved.
 
-The host runs ahead of the device: it reads nothing from the device between the steps
-where it must sync anyway (a log, a validation or a checkpoint step, the last step).
+The host runs up to `RUN_AHEAD` steps ahead of the device: it reads nothing from the
+device between the steps where it must sync anyway (a log, a validation or a checkpoint
+step, the last step), and only waits for the step `RUN_AHEAD` behind the one it dispatched.
 Each step carries forward, on the device, the first step whose loss or parameters were
 not finite and the largest signal any process received (`Steps.train`); the host reads
 both at those sync steps, so every process learns a signal from the same step, saves
