@@ -369,7 +369,7 @@ def saliency_section(workdir: str, model, state, source, indices, config) -> str
         upper = saliency_lib.rows_above(h, w, h // 2)
         regions = {"upper half": upper, "lower half (mask)": ~upper}
     twins = saliency_controls.load_twins(config.dataset, pipeline.data_dir(config), source,
-                                    indices, config.image_size)
+                                         indices, config.image_size)
     if not isinstance(twins, str):
         twins = (np.asarray(pipeline.normalize(twins[0], jnp.float32)), twins[1])
     black = np.asarray(pipeline.normalize(np.zeros((1, 1, 1, 3), np.uint8), jnp.float32))
