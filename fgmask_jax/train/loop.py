@@ -34,8 +34,8 @@ from fgmask_jax.train.state import TrainState
 from fgmask_jax.train.steps import Steps
 
 # Steps the host may dispatch beyond the last one the device finished: enough to keep the
-# device busy, few enough that a signal is taken within about two steps of device time (a host
-# waiting on the device takes no signal until the wait ends).
+# device busy, few enough that a stop comes within about two steps of device time (a stop saves
+# the step the host reached, so it waits for every step queued before it).
 RUN_AHEAD = 2
 
 
