@@ -6,6 +6,7 @@ r"""The study's eight methods in one command, compared with confidence intervals
       --methods=lbp,tiny_image,eigenface,multitask_cnn
   python -m fgmask_jax.study --data=synthetic_paired --protocol=study,photo,subject \
       --workdir=DIR --runlocal
+  python -m fgmask_jax.study --workdir=DIR --compare_with=RUNLOCAL_DIR
 
 Runs LBP, Tiny Image, VGG-Face, Eigenface, the single-task CNN and ResNet (one run
 per task), and the multi-task CNN and ResNet, each through the functions
@@ -47,6 +48,11 @@ each photo) that measures the copy leak of the study's protocol. ``--persons_con
 adds a control for the subject protocol's fewer training persons: study and photo run
 again on as many training persons as subject's, in ``DIR/<protocol>_<K>persons``.
 
+``--compare_with=OTHER`` trains nothing: it sets this study's finished runs against those
+of another study of the same test images (e.g. the same command without ``--runlocal``),
+method by method, as paired differences with intervals, in ``DIR/compare.md`` and
+``compare.json`` (`experiments.compare`).
+
 Where a report gives many intervals (the paired comparisons, the inflations), it says
 how many would exclude 0 by chance alone and which still do after Holm's correction
 (two-sided bootstrap p-values, family-wise error 5%). A method of the eight that did
@@ -60,7 +66,7 @@ import sys
 from absl import flags
 
 from fgmask_jax import cli, config_lib, distributed, errors
-from fgmask_jax.experiments import leak, study
+from fgmask_jax.experiments import compare, leak, study
 
 
 def define_flags() -> None:
@@ -109,6 +115,11 @@ def define_flags() -> None:
                       "persons' test images, as a control for subject's fewer training "
                       "persons; leak.md adds its section. Trains every method once per cut "
                       "protocol more.")
+    flags.DEFINE_string("compare_with", "", "Train nothing: compare the finished runs of "
+                        "WORKDIR with those of this other study's folder (same data, protocol "
+                        "and split_seed; e.g. the same study without --runlocal): per method "
+                        "and task, WORKDIR's accuracy minus the other's, paired on the test "
+                        "persons, in WORKDIR/compare.md and compare.json.")
     flags.DEFINE_integer("num_samples", 1000, "Bootstrap samples of persons.")
     flags.DEFINE_integer("seed", 0, "Seed of the bootstrap.")
     flags.DEFINE_integer("seeds", 1, "Train each neural method this many times on the same "
@@ -125,6 +136,11 @@ def main(argv):
     # The command line without the workdir, for the comparison's outputs.
     command = "python -m fgmask_jax.study " + " ".join(
         a for a in sys.argv[1:] if not a.startswith("--workdir")) + " --workdir=DIR"
+    if f.compare_with:
+        out = compare.compare_studies(cli.absolute(f.workdir), cli.absolute(f.compare_with),
+                                      num_samples=f.num_samples, seed=f.seed)
+        print(out["markdown"])
+        return
     print(leak.run_protocols(
         cli.absolute(f.workdir), f.protocol, data=f.data,
         methods=tuple(f.methods) if f["methods"].present else None, command=command,

@@ -3,6 +3,7 @@
 import csv
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from fgmask_jax import errors
 from fgmask_jax.data import splits
 from fgmask_jax.evaluation import bootstrap, metrics, tables
-from fgmask_jax.experiments import leak, study
+from fgmask_jax.experiments import compare, leak, study
 
 TASKS = ("age_group", "gender", "expression")
 # Tiny neural runs at 32 px: a handful of steps each.
@@ -92,6 +93,7 @@ def test_study_runs_writes_table_csv_plot_and_skips_finished_runs(small_data_dir
         "## Paired comparisons")
 
     # A second training seed: only the new seed trains, on the same splits.
+    shutil.copytree(tmp_path, tmp_path.parent / "one_seed")
     two = _run(tmp_path, small_data_dir, seeds=2, methods=("lbp", "multitask_resnet"))
     status = {r["folder"]: r["status"] for r in two["runs"]}
     assert status == {"lbp": "skipped", "multitask_resnet": "skipped",
@@ -112,6 +114,20 @@ def test_study_runs_writes_table_csv_plot_and_skips_finished_runs(small_data_dir
         assert accuracy["lbp", task]["seeds"] == 1  # deterministic given the split: once
     report = (tmp_path / "study.md").read_text()
     assert "training seeds: each neural method trained 2 times" in report and " ± " in report
+
+    # Set against the study before its second seed, run for run: the same runs differ by 0,
+    # the ResNet by its two seeds' mean minus its first seed.
+    compared = compare.compare_studies(str(tmp_path), str(tmp_path.parent / "one_seed"),
+                                       num_samples=50)
+    rows = {(r["method"], r["task"]): r for r in compared["rows"]}
+    assert set(rows) == {(m, t) for m in METHODS for t in TASKS}
+    for (method, task), r in rows.items():
+        if method == "multitask_resnet":
+            assert r["seeds"] == [2, 1]
+            assert r["value"] == pytest.approx(accuracy[method, task]["value"] - r["theirs"])
+        else:
+            assert r["seeds"] == [1, 1] and r["value"] == 0 and r["low"] == r["high"] == 0
+    assert "| multi-task ResNet | gender |" in (tmp_path / "compare.md").read_text()
 
 
 def test_lopo_runs_every_method_over_every_image_with_the_same_folds(small_data_dir, tmp_path):
@@ -184,6 +200,52 @@ def test_predictions_of_another_run_are_refused(tmp_path):
     os.replace(tmp_path / "b" / "predictions.npz", tmp_path / "a" / "predictions.npz")
     with pytest.raises(ValueError, match="different runs"):
         study.summarize_run(str(tmp_path / "a"), TASKS)
+
+
+def _write_study(workdir, runs: dict, subject, labels):
+    """A study folder as run_study leaves it: study.json and, per run folder, its
+    predictions ``runs[folder]`` of ``labels`` (the same for every task) and results.json."""
+    import json
+
+    for folder, pred in runs.items():
+        os.makedirs(workdir / folder)
+        np.savez(workdir / folder / "predictions.npz", subject_id=subject,
+                 **{f"{k}_{t}": v for t in TASKS for k, v in (("label", labels), ("pred", pred))})
+        (workdir / folder / "results.json").write_text("{}")
+    (workdir / "study.json").write_text(json.dumps({"runs": {f: {} for f in runs}}))
+
+
+def test_compare_studies_gives_the_known_difference_and_refuses_other_images(tmp_path):
+    subject = np.repeat(np.arange(20), 10)
+    labels = np.tile(np.arange(2), 100)
+    wrong = 1 - labels
+    # Two seeds here, right on all images and on the first half of each person's; one seed
+    # in the other study, right on a fifth of each person's images: +55 points.
+    half = np.where(np.tile(np.arange(10) < 5, 20), labels, wrong)
+    fifth = np.where(np.tile(np.arange(10) < 2, 20), labels, wrong)
+    _write_study(tmp_path / "big", {"multitask_cnn": labels, "multitask_cnn.seed1": half,
+                                    "lbp": labels}, subject, labels)
+    _write_study(tmp_path / "small", {"multitask_cnn": fifth, "eigenface": labels},
+                 subject, labels)
+    out = compare.compare_studies(str(tmp_path / "big"), str(tmp_path / "small"),
+                                  num_samples=200)
+    assert [(r["method"], r["task"]) for r in out["rows"]] == [("multitask_cnn", t)
+                                                               for t in TASKS]
+    for r in out["rows"]:
+        assert r["value"] == pytest.approx(0.75 - 0.2) and r["seeds"] == [2, 1]
+        assert 0 < r["low"] < r["value"] < r["high"] and r["excludes_0_holm"]
+    assert "+55.0" in out["markdown"] and "3 still exclude 0" in out["markdown"]
+    # Another study's test images (another protocol or split): refused, naming both runs.
+    _write_study(tmp_path / "other", {"multitask_cnn": labels}, subject[::-1], labels)
+    with pytest.raises(errors.DataError, match=r"other/multitask_cnn.*predicted other test "
+                       r"images \(subject_id differs\).*same test images"):
+        compare.compare_studies(str(tmp_path / "big"), str(tmp_path / "other"))
+    _write_study(tmp_path / "lone", {"eigenface": labels}, subject, labels)
+    with pytest.raises(errors.UserError, match=r"no method finished in both .*big \(lbp, "
+                       r"multitask_cnn\) and .*lone \(eigenface\)"):
+        compare.compare_studies(str(tmp_path / "big"), str(tmp_path / "lone"))
+    with pytest.raises(errors.UserError, match="holds no study.json"):
+        compare.compare_studies(str(tmp_path / "big"), str(tmp_path))
 
 
 def test_plan_names_runs_and_their_configs():

@@ -63,7 +63,7 @@ def summarize_run(folders: str | list[str], tasks, *, num_samples: int = 1000,
     predictions = [load_predictions(folder, tasks) for folder in folders]
     complete = all(p is not None for p in predictions)
     if complete:
-        _check_same_images(folders, predictions, tasks)
+        check_same_images(folders, predictions, tasks)
     out = {}
     for task in tasks:
         if not complete:
@@ -96,8 +96,13 @@ def summarize_run(folders: str | list[str], tasks, *, num_samples: int = 1000,
     return {"tasks": out, "intervals": complete, "note": note}
 
 
-def _check_same_images(folders, predictions, tasks) -> None:
-    """Raises `errors.DataError` unless every seed's predictions are of the same images."""
+SEEDS_SHARE_THE_SPLIT = ("the seeds of one method must share the split; delete the seed's "
+                         "folder to run it again")
+
+
+def check_same_images(folders, predictions, tasks, way_out: str = SEEDS_SHARE_THE_SPLIT) -> None:
+    """Raises `errors.DataError`, ending with ``way_out``, unless all ``predictions`` (of
+    the runs in ``folders``) are of the same images."""
     first = predictions[0]
     keys = ["subject_id", *(f"label_{t}" for t in tasks)]
     for folder, p in zip(folders[1:], predictions[1:], strict=True):
@@ -105,17 +110,17 @@ def _check_same_images(folders, predictions, tasks) -> None:
             if not np.array_equal(p[key], first[key]):
                 raise errors.DataError(
                     f"{folder} and {folders[0]} predicted other test images ({key} differs): "
-                    "the seeds of one method must share the split; delete the seed's folder "
-                    "to run it again")
+                    f"{way_out}")
 
 
 def correct_by_seed(workdir: str, runs, task: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(correct bool[K, N], subject_ids int[N]) of the K seeds' runs of one method on
-    ``task``, or None if one lacks its predictions."""
-    folders = [os.path.join(workdir, r.folder) for r in runs]
+    ``task`` (runs, or their folders under ``workdir``), or None if one lacks its
+    predictions."""
+    folders = [os.path.join(workdir, getattr(r, "folder", r)) for r in runs]
     predictions = [load_predictions(f, (task,)) for f in folders]
     if any(p is None for p in predictions):
         return None
-    _check_same_images(folders, predictions, (task,))
+    check_same_images(folders, predictions, (task,))
     correct = np.stack([p[f"label_{task}"] == p[f"pred_{task}"] for p in predictions])
     return correct, predictions[0]["subject_id"]
