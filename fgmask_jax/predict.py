@@ -69,8 +69,9 @@ def define_flags() -> None:
                          "the photo (listed on stderr and as rows with the reason).")
     flags.DEFINE_float("ood_threshold", None,
                        f"Rows whose ood_score is above this are marked uncertain (default: "
-                       f"{OOD_THRESHOLD:g}, measured on the demo run, or an export folder's "
-                       f"own; benchmarks/ood_signal.py measures your run's).")
+                       f"the run's own, the 95th percentile of its held-out validation faces, "
+                       f"kept in its results.json and an export's export.json; "
+                       f"{OOD_THRESHOLD:g} for a run from before runs kept one).")
     flags.DEFINE_integer("fold", None, "Leave-persons-out runs: the fold whose model to use.")
     flags.mark_flags_as_required(["workdir", "images"])
 

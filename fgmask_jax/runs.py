@@ -78,6 +78,9 @@ class Run:
     step: int  # the best validation step, whose checkpoint ``variables`` come from
     finished: bool  # the run wrote results.json
     temperatures: dict[str, float]  # {task: T} fitted on the validation subset, if finished
+    # The ood_score above which an input is unlike the training images, measured on the same
+    # held-out persons as the temperatures; None if unfinished, or finished before it existed.
+    ood_threshold: float | None = None
 
 
 def _missing_run(path: str, what: str) -> errors.RunNotFoundError:
@@ -135,14 +138,17 @@ def as_run_now(saved: dict) -> dict:
     return saved
 
 
-def temperatures(folder: str) -> dict[str, float]:
-    """{task: T} of the temperature scaling a finished run fitted; {} before it finished."""
+def calibration(folder: str) -> tuple[dict[str, float], float | None]:
+    """({task: T} of the temperature scaling a finished run fitted, its ood_score threshold
+    or None); ({}, None) before it finished."""
     path = os.path.join(folder, "results.json")
     if not os.path.isfile(path):
-        return {}
+        return {}, None
     with open(path) as f:
-        calibration = json.load(f).get("calibration", {})
-    return {t: float(c["temperature"]) for t, c in calibration.items()}
+        results = json.load(f)
+    threshold = results.get("ood_threshold")
+    return ({t: float(c["temperature"]) for t, c in results.get("calibration", {}).items()},
+            None if threshold is None else float(threshold))
 
 
 def load(workdir: str, fold: int | None = None) -> Run:
@@ -168,12 +174,13 @@ def load(workdir: str, fold: int | None = None) -> Run:
         state, _ = ckpt.restore_here(steps[-1])
     finally:
         ckpt.close()
+    temperatures, threshold = calibration(folder)
     variables = {"params": state["params"]["model"]}
     if state.get("batch_stats"):
         variables["batch_stats"] = state["batch_stats"]
     return Run(folder=folder, config=config, variables=variables, step=steps[-1],
                finished=os.path.isfile(os.path.join(folder, "results.json")),
-               temperatures=temperatures(folder))
+               temperatures=temperatures, ood_threshold=threshold)
 
 
 def latest_checkpoint(path: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from fgmask_jax import inference, predict, runs, train
 from fgmask_jax.data import labels as labels_lib
 from fgmask_jax.data import pipeline, synthetic
 from fgmask_jax.inference import files, images
+from fgmask_jax.inference import predictor as predictor_lib
 from fgmask_jax.inference.files import predict_to_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,6 +94,32 @@ def test_ood_score_is_the_energy_of_the_temperature_scaled_logits(run_dir, test_
     predictor.ood_threshold = float(np.median(expected))
     assert [r["uncertain"] for r in predictor(list(prepared))] == list(
         predictor.outputs(prepared)["ood_score"] > np.median(expected))
+
+
+def test_the_runs_own_ood_threshold_flags_5_percent_of_its_held_out_faces(run_dir):
+    run = runs.load(run_dir)
+    with open(os.path.join(run_dir, "results.json")) as f:
+        assert run.ood_threshold == json.load(f)["ood_threshold"]
+    # Recomputed from the held-out validation faces the run fitted its temperature on.
+    train_split, _ = pipeline.split_names(run.config.protocol)
+    source = pipeline.open_split(run.config.dataset, train_split, pipeline.data_dir(run.config))
+    _, val = train.fit.split_train(run.config, source, np.arange(len(source)))
+    _, held, _ = train.fit.split_validation(run.config, source, val)
+    faces = pipeline.load_all(source, held, run.config.image_size)["image"]
+    predictor = predict.Predictor.from_workdir(run_dir, batch_size=8)
+    scores = predictor.outputs(faces)["ood_score"]
+    assert predictor.ood_threshold == run.ood_threshold
+    assert run.ood_threshold == pytest.approx(np.quantile(scores, 0.95), abs=1e-4)
+    # A run finished before runs kept a threshold gets the constant.
+    with open(os.path.join(run_dir, "results.json")) as f:
+        results = json.load(f)
+    old = os.path.join(os.path.dirname(run_dir), "old_run")
+    shutil.copytree(run_dir, old)
+    del results["ood_threshold"]
+    with open(os.path.join(old, "results.json"), "w") as f:
+        json.dump(results, f)
+    assert runs.load(old).ood_threshold is None
+    assert predict.Predictor.from_workdir(old).ood_threshold == predictor_lib.OOD_THRESHOLD
 
 
 def test_array_forms_grayscale_rgba_and_16_bit_are_read_as_meant():

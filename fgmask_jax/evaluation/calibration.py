@@ -166,11 +166,34 @@ def nll_interval(logits: np.ndarray, labels: np.ndarray, subject_ids: np.ndarray
     return _percentiles((counts @ sums) / (counts @ n), confidence)
 
 
+def _logsumexp(z: np.ndarray) -> np.ndarray:
+    m = z.max(-1)
+    return m + np.log(np.exp(z - m[:, None]).sum(-1))
+
+
 def _per_image_nll(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """float64[N]: -log softmax(z)[label] of each row."""
-    m = z.max(-1)
-    lse = m + np.log(np.exp(z - m[:, None]).sum(-1))
-    return lse - z[np.arange(len(labels)), labels]
+    return _logsumexp(z) - z[np.arange(len(labels)), labels]
+
+
+# Share of held-out faces whose out-of-distribution score is at or below a run's threshold.
+OOD_QUANTILE = 0.95
+
+
+def energy(logits: Mapping[str, np.ndarray], temperatures: Mapping[str, float]) -> np.ndarray:
+    """float64[N]: the out-of-distribution score of each image, the energy of its
+    temperature-scaled logits (-T logsumexp(z / T), Liu et al. 2020) averaged over tasks;
+    higher is less like the training images. The predictor computes the same inside its
+    compiled function (`inference.predictor.probabilities_fn`)."""
+    return np.mean([-temperatures.get(t, 1.0) * _logsumexp(apply_temperature(
+        z, temperatures.get(t, 1.0))) for t, z in logits.items()], axis=0)
+
+
+def ood_threshold(logits: Mapping[str, np.ndarray], temperatures: Mapping[str, float],
+                  quantile: float = OOD_QUANTILE) -> float:
+    """The ``quantile`` of held-out faces' `energy`: a score above it marks an input as
+    unlike the training images, and flags 1 - ``quantile`` of faces like them."""
+    return float(np.quantile(energy(logits, temperatures), quantile))
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray,

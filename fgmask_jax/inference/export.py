@@ -76,7 +76,7 @@ def export_run(workdir: str, out: str, *, fold: int | None = None,
                f"like the training images; see ood_threshold)",
         platforms=list(exported.platforms),
         dtype=config.dtype,
-        ood_threshold=OOD_THRESHOLD,
+        ood_threshold=OOD_THRESHOLD if run.ood_threshold is None else run.ood_threshold,
     )
     with open(os.path.join(out, EXPORT_META), "w") as f:
         json.dump(meta, f, indent=1)

@@ -27,8 +27,9 @@ from fgmask_jax.inference.images import load_faces, load_image
 
 EXPORT_META = "export.json"  # marks an `export` folder
 OOD_KEY = "ood_score"  # the model's output beside the tasks' probabilities
-# `uncertain` above this: the 95th percentile of the demo run's validation faces
-# (benchmarks/ood_signal.py prints the value for any run; docs/predicting.md).
+# `uncertain` above this for a run that measured no threshold of its own (one finished
+# before runs kept theirs in results.json): the 95th percentile of the demo run's held-out
+# faces (docs/predicting.md).
 OOD_THRESHOLD = -1.62
 
 
@@ -62,7 +63,8 @@ class Predictor:
     "probabilities": {class name: p}}, "ood_score": float, "uncertain": bool};
     `predict_faces` finds the faces in a photo and predicts each; `probabilities` is the
     array form. ``ood_threshold``: the ``ood_score`` above which a result is
-    ``uncertain`` (`OOD_THRESHOLD` unless set).
+    ``uncertain``: the run's own (measured on its held-out persons; an export's from its
+    run), else `OOD_THRESHOLD`, unless set.
     """
 
     def __init__(self, fn: Callable, tasks: dict[str, Sequence[str]], image_size: int,
@@ -105,9 +107,12 @@ class Predictor:
             return cls.from_export(path, batch_size)
         run = runs.load(path, fold)
         note = "" if run.finished else " (the run has not finished: its best so far)"
-        return cls.from_variables(run.config, run.variables, batch_size,
-                                  f"{run.folder} best/{run.step}{note}",
-                                  temperatures=run.temperatures)
+        predictor = cls.from_variables(run.config, run.variables, batch_size,
+                                       f"{run.folder} best/{run.step}{note}",
+                                       temperatures=run.temperatures)
+        if run.ood_threshold is not None:  # the run's own, on its held-out persons
+            predictor.ood_threshold = run.ood_threshold
+        return predictor
 
     @classmethod
     def from_export(cls, folder: str, batch_size: int = 32) -> Predictor:

@@ -241,11 +241,15 @@ def test(steps: Steps, state, trained: Trained, config, workdir: str, test_sourc
     subgroups = subgroups_lib.subgroup_accuracy(
         by_task(test_out, "label"), by_task(test_out, "pred"), test_out["subject_id"], groups,
         group_names=dict(labels_lib.TASKS), seed=config.split_seed)
-    by_group, skipped = calibration_by_group(
-        config, test_out, {t: c["temperature"] for t, c in calibration.items()}, groups)
+    temperatures = {t: c["temperature"] for t, c in calibration.items()}
+    by_group, skipped = calibration_by_group(config, test_out, temperatures, groups)
     return {"steps": int(trained.meta["step"]), "best_step": trained.meta["best_step"],
             "test": test_metrics, "validation": validation,
             "calibration": calibration_lib.scalars(calibration),
+            # Where the predictor marks an input uncertain: judged on the same held-out
+            # persons as the temperature, with it.
+            "ood_threshold": calibration_lib.ood_threshold(by_task(held_out, "logits"),
+                                                           temperatures),
             "calibration_subsets": subsets or {}, "calibration_by_group": by_group,
             "calibration_by_group_skipped": skipped, "subgroups": subgroups,
             "timing": trained.timing}, calibration
@@ -288,6 +292,7 @@ def write_results(workdir: str, result: dict) -> None:
     writers.write_json(os.path.join(workdir, "results.json"), {
         "best_step": result["best_step"], "steps": result["steps"], "test": result["test"],
         "validation": result["validation"], "calibration": result["calibration"],
+        "ood_threshold": result["ood_threshold"],
         **{k: result[k] for k in ("calibration_subsets", "calibration_by_group",
                                   "calibration_by_group_skipped")},
         "subgroups": result["subgroups"], "timing": result["timing"]})
