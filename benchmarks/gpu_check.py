@@ -168,9 +168,7 @@ def section_hlo(sizes: Sizes, ctx: dict) -> dict:
     state = jax.eval_shape(steps.init, jax.random.key(0))
     data = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=steps.data)
             for k, v in train_step.random_batch(batch, size).items()}
-    flag = jax.ShapeDtypeStruct((steps.mesh.size,), jnp.int32, sharding=steps.data)
-    # `Steps.train` only adds these two small arguments to its jitted step, lowered here.
-    text = steps._train.lower(state, data, flag, steps.nothing_seen).compile().as_text()
+    text = steps.lower_train(state, data).compile().as_text()
     targets = collections.Counter(re.findall(r'custom_call_target="([^"]+)"', text))
     cudnn = {t: n for t, n in sorted(targets.items()) if t.startswith("__cudnn$conv")}
     callbacks = {t: n for t, n in sorted(targets.items()) if "callback" in t.lower()}

@@ -163,6 +163,12 @@ class Steps:
         seen = self.nothing_seen if seen is None else {k: seen[k] for k in self.nothing_seen}
         return self._train(state, batch, self._flags[flag], seen)
 
+    def lower_train(self, state, batch: dict) -> jax.stages.Lowered:
+        """The train step as `train` runs it, lowered for ``state`` and ``batch`` (arrays or
+        `jax.ShapeDtypeStruct`s): ``.compile().as_text()`` is the program a device runs."""
+        flag = jax.ShapeDtypeStruct((self.mesh.size,), jnp.int32, sharding=self.data)
+        return self._train.lower(state, batch, flag, self.nothing_seen)
+
 
 def check_batch(global_batch: int, mesh: jax.sharding.Mesh) -> None:
     """Raises `errors.ConfigError` unless ``global_batch`` divides over the mesh's devices
