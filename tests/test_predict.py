@@ -110,6 +110,8 @@ def test_the_runs_own_ood_threshold_flags_5_percent_of_its_held_out_faces(run_di
     scores = predictor.outputs(faces)["ood_score"]
     assert predictor.ood_threshold == run.ood_threshold
     assert run.ood_threshold == pytest.approx(np.quantile(scores, 0.95), abs=1e-4)
+    with open(os.path.join(run_dir, "report.md")) as f:
+        assert f"out-of-distribution threshold {run.ood_threshold:.3f}" in f.read()
     # A run finished before runs kept a threshold gets the constant.
     with open(os.path.join(run_dir, "results.json")) as f:
         results = json.load(f)

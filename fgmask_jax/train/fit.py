@@ -316,6 +316,9 @@ def report(workdir: str, config, model, state, result: dict, calibration: dict, 
                f"model of step {tested_step} (the best one's checkpoint was lost)"),
             "majority rate: the accuracy of always answering the most frequent true class",
             f"validation (below): the images that chose the checkpoint; {subsets_note(result)}",
+            f"out-of-distribution threshold {result['ood_threshold']:.3f}: prediction calls an "
+            "input uncertain above it (the 95th percentile of the ood_score on the "
+            "temperature's held-out images; docs/predicting.md)",
         ],
     )
     sections = [report_lib.calibration_section(workdir, calibration,
