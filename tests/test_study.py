@@ -400,6 +400,38 @@ def test_holm_decisions_and_report_lines():
     assert line.endswith("1 still excludes 0: a.")
 
 
+def test_leak_table_gives_the_seeds_sd_of_a_network_and_none_of_a_classical_method(tmp_path):
+    def row(method, protocol, value, seeds, sd):
+        return {"method": method, "task": "gender", "protocol": protocol, "value": value,
+                "low": value - 0.05, "high": value + 0.05, "n": 100, "persons": 20,
+                "seeds": seeds, "sd": sd}
+
+    rows = [row("lbp", "study", 0.8, 1, math.nan), row("lbp", "subject", 0.7, 1, math.nan),
+            row("multitask_cnn", "study", 0.9, 3, 0.012),
+            row("multitask_cnn", "subject", 0.75, 3, 0.034)]
+    inflation = [{"method": m, "task": "gender", "versus": "subject", "value": v, "low": 0.01,
+                  "high": 0.2, "p": 0.01} for m, v in (("lbp", 0.1), ("multitask_cnn", 0.15))]
+    bootstrap.with_holm(inflation)
+    setting = {"protocols": ["study", "subject"], "data": "synthetic_paired",
+               "dataset": "synthetic_masked_faces/paired", "num_samples": 100,
+               "runlocal": True, "seeds": 3, "seconds": {"study": 1.0, "subject": 1.0},
+               "descriptions": {}}
+    tables.write_leak_markdown(str(tmp_path / "leak.md"), rows, inflation, setting,
+                               study.WORDING)
+    text = (tmp_path / "leak.md").read_text()
+    assert "| LBP | gender | 80.0 [75.0, 85.0] | 70.0 [65.0, 75.0] | +10.0 [+1.0, +20.0] |" \
+        in text
+    assert ("| multi-task CNN | gender | 90.0 [85.0, 95.0] ± 1.2 | 75.0 [70.0, 80.0] ± 3.4 | "
+            "+15.0 [+1.0, +20.0] |") in text
+    assert "each network trained 3 times on the same splits (config.seed 0..2)" in text
+    tables.write_leak_csv(str(tmp_path / "leak.csv"), rows, inflation)
+    with open(tmp_path / "leak.csv") as f:
+        saved = [(r["method"], r["seeds"], r["sd"]) for r in csv.DictReader(f)
+                 if r["kind"] == "accuracy"]
+    assert saved == [("lbp", "1", ""), ("lbp", "1", ""), ("multitask_cnn", "3", "0.012000"),
+                     ("multitask_cnn", "3", "0.034000")]
+
+
 def test_runlocal_is_the_configs_variant_and_weights_must_exist(tmp_path):
     runs = study.plan("synthetic", "lopo", runlocal=True)
     assert all(r.overrides == () for r in runs)  # the variant alone shrinks the runs

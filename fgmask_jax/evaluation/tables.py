@@ -56,6 +56,13 @@ def interval(r: dict | None, fmt) -> str:
     return bounds(r, fmt)
 
 
+def seeded(r: dict | None, fmt) -> str:
+    """`interval`, then ± the seeds' standard deviation where several seeds made ``r``."""
+    if r is not None and r.get("seeds", 1) > 1 and not math.isnan(r.get("sd", math.nan)):
+        return f"{interval(r, fmt)} ± {fmt(r['sd'])}"
+    return interval(r, fmt)
+
+
 def _ordered(rows, words: Wording) -> tuple[list[str], list[str]]:
     methods = [m for m in words.titles if any(r["method"] == m for r in rows)]
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
@@ -65,9 +72,7 @@ def _ordered(rows, words: Wording) -> tuple[list[str], list[str]]:
 def _cell(rows, method, task, metric, fmt) -> str:
     found = next((r for r in rows if (r["method"], r["task"], r["metric"])
                   == (method, task, metric)), None)
-    if found is not None and found.get("seeds", 1) > 1 and not math.isnan(found["sd"]):
-        return f"{interval(found, fmt)} ± {fmt(found['sd'])}"
-    return interval(found, fmt)
+    return seeded(found, fmt)
 
 
 def holm_sentence(differences, what: str, name=lambda d: "") -> str:
@@ -261,14 +266,16 @@ def write_leak_csv(path: str, rows, inflation) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["kind", "method", "task", "protocol", "value", "low", "high", "n",
-                    "persons"])
+                    "persons", "seeds", "sd"])
         for r in rows:
+            seeds = r.get("seeds", 1)
             w.writerow(["accuracy", r["method"], r["task"], r["protocol"], _num(r["value"]),
                         _num(r["low"]), _num(r["high"]), r["n"],
-                        "" if r["persons"] is None else r["persons"]])
+                        "" if r["persons"] is None else r["persons"], seeds,
+                        _num(r["sd"]) if seeds > 1 else ""])
         for r in inflation:
             w.writerow(["inflation", r["method"], r["task"], f"study-{r['versus']}",
-                        _num(r["value"]), _num(r["low"]), _num(r["high"]), "", ""])
+                        _num(r["value"]), _num(r["low"]), _num(r["high"]), "", "", "", ""])
 
 
 def write_leak_markdown(path: str, rows, inflation, setting: dict, words: Wording,
@@ -289,7 +296,7 @@ def write_leak_markdown(path: str, rows, inflation, setting: dict, words: Wordin
               "|---|---|" + "---:|" * (len(protocols) + len(others))]
     for m in methods:
         for t in tasks:
-            cells = [interval(acc.get((m, t, p)), pct) for p in protocols]
+            cells = [seeded(acc.get((m, t, p)), pct) for p in protocols]
             cells += [interval(up.get((m, t, p)), sign) for p in others]
             lines.append(f"| {words.titles[m]} | {t} | " + " | ".join(cells) + " |")
     floors = setting.get("floors", {})
@@ -343,6 +350,10 @@ def _leak_setting(setting: dict, num_methods: int, words: Wording) -> list[str]:
         f"- intervals: 95% percentile intervals from {setting['num_samples']} bootstrap "
         "samples of persons; an inflation's interval resamples the persons of both test "
         "sets together (`bootstrap.paired_difference`)",
+        *([f"- training seeds: each network trained {seeds} times on the same splits "
+           f"(config.seed 0..{seeds - 1}); its cell is the mean [interval over persons and "
+           "seeds] ± the seeds' standard deviation; the classical methods ran once"]
+          if (seeds := setting.get("seeds", 1)) > 1 else []),
         "- inflation: accuracy under protocol study minus that under the other protocol, "
         "in points; above 0, the study's protocol flatters the method"]
     if setting["runlocal"]:

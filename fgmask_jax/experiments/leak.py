@@ -136,6 +136,7 @@ def run_comparison(workdir: str, protocols, *, data: str = "synthetic_paired",
         dataset, leak = copies_in_study_split(runs, study_kwargs)
         setting = {"data": data, "dataset": dataset, "protocols": list(protocols),
                    "runlocal": runlocal, "methods": list(methods), "shortened": shortened,
+                   "seeds": study_kwargs.get("seeds", 1),
                    "num_samples": num_samples, "command": command, "seconds": seconds,
                    "floors": {p: out["floor"] for p, out in studies.items()},
                    "balanced_inflation": balanced_inflation(studies, protocols),
@@ -179,7 +180,7 @@ def write_comparison(workdir: str, rows, inflation, setting: dict,
 def accuracy_rows(studies: dict[str, dict]) -> list[dict]:
     """The accuracy rows of each protocol's study, with their protocol."""
     return [{"protocol": p, **{k: r[k] for k in ("method", "task", "value", "low", "high",
-                                                  "n", "persons")}}
+                                                  "n", "persons", "seeds", "sd")}}
             for p, out in studies.items() for r in out["rows"] if r["metric"] == "accuracy"]
 
 
