@@ -179,9 +179,7 @@ def write_comparison(workdir: str, rows, inflation, setting: dict,
 
 def accuracy_rows(studies: dict[str, dict]) -> list[dict]:
     """The accuracy rows of each protocol's study, with their protocol."""
-    return [{"protocol": p, **{k: r[k] for k in ("method", "task", "value", "low", "high",
-                                                  "n", "persons", "seeds", "sd")}}
-            for p, out in studies.items() for r in out["rows"] if r["metric"] == "accuracy"]
+    return [r for p, out in studies.items() for r in study.accuracy_rows(out["rows"], p)]
 
 
 def inflation_rows(workdir: str, runs, rows, protocols, *, num_samples: int,

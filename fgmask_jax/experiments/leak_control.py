@@ -98,17 +98,13 @@ def run_control(workdir: str, prepared: dict, *, num_samples: int, seed: int) ->
             records.append({**record, "folder": os.path.join(folder_of(p, k), run.folder)})
         cut_rows, _, _ = study.summarize_runs(here, prepared[p][0], num_samples=num_samples,
                                               seed=seed)
-        rows += [{"protocol": f"{p}@{k}", **{key: r[key] for key in (
-            "method", "task", "value", "low", "high", "n", "persons")}}
-                 for r in cut_rows if r["metric"] == "accuracy"]
+        rows += study.accuracy_rows(cut_rows, f"{p}@{k}")
     inflation = control_rows(workdir, runs, controlled, k, num_samples=num_samples,
                              seed=seed)
     subject_rows, _, _ = study.summarize_runs(os.path.join(workdir, "subject"), runs,
                                               num_samples=num_samples, seed=seed)
     return {"persons": k, "protocols": controlled, "sizes": sizes, "rows": rows,
-            "subject_rows": [{"protocol": "subject", **{key: r[key] for key in (
-                "method", "task", "value", "low", "high", "n", "persons")}}
-                for r in subject_rows if r["metric"] == "accuracy"],
+            "subject_rows": study.accuracy_rows(subject_rows, "subject"),
             "inflation": inflation, "runs": records}
 
 
@@ -206,7 +202,7 @@ def section(control: dict, titles: dict[str, str]) -> list[str]:
     and what is left of the inflation, with Holm's decisions."""
 
     def pct(r):
-        return tables.interval(r, tables.pct)
+        return tables.seeded(r, tables.pct)
 
     def sign(r):
         return tables.interval(r, tables.sign) + (" ‡" if r and r["excludes_0_holm"] else "")

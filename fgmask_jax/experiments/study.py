@@ -396,6 +396,13 @@ def run_once(workdir: str, run: Run, config, previous: dict) -> dict:
     return record
 
 
+def accuracy_rows(rows, protocol: str) -> list[dict]:
+    """The accuracy rows of `summarize_runs`'s ``rows``, each with its ``protocol``."""
+    return [{"protocol": protocol, **{k: r[k] for k in (
+        "method", "task", "value", "low", "high", "n", "persons", "seeds", "sd")}}
+        for r in rows if r["metric"] == "accuracy"]
+
+
 def summarize_runs(workdir: str, runs, *, num_samples: int, seed: int):
     """(rows, floor, notes): one row per method x task x metric (over the method's training
     seeds), the majority-class rate of each task, and a note for each run without
