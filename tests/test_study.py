@@ -235,6 +235,11 @@ def test_compare_studies_gives_the_known_difference_and_refuses_other_images(tmp
         assert r["value"] == pytest.approx(0.75 - 0.2) and r["seeds"] == [2, 1]
         assert 0 < r["low"] < r["value"] < r["high"] and r["excludes_0_holm"]
     assert "+55.0" in out["markdown"] and "3 still exclude 0" in out["markdown"]
+    # A run without its per-image predictions is named, not compared.
+    os.remove(tmp_path / "small" / "multitask_cnn" / "predictions.npz")
+    out = compare.compare_studies(str(tmp_path / "big"), str(tmp_path / "small"))
+    assert out["rows"] == [] and out["unpaired"] == [f"multi-task CNN, {t}" for t in TASKS]
+    assert "Not compared, for want of a run's per-image predictions" in out["markdown"]
     # Another study's test images (another protocol or split): refused, naming both runs.
     _write_study(tmp_path / "other", {"multitask_cnn": labels}, subject[::-1], labels)
     with pytest.raises(errors.DataError, match=r"other/multitask_cnn.*predicted other test "

@@ -55,8 +55,9 @@ def compare_studies(workdir: str, other: str, *, num_samples: int = 1000,
 
     Returns:
       {"rows": [{method, task, ours, theirs, seeds, value, low, high, p, excludes_0,
-      p_holm, excludes_0_holm}], "markdown": compare.md's text}; accuracies and
-      differences are fractions.
+      p_holm, excludes_0_holm}], "unpaired": ["<method>, <task>" lacking a run's
+      predictions], "markdown": compare.md's text}; accuracies and differences are
+      fractions.
 
     Raises:
       errors.UserError: a folder that is no study's, no method finished in both, or a
@@ -71,32 +72,34 @@ def compare_studies(workdir: str, other: str, *, num_samples: int = 1000,
             f"({_listed(theirs)}): run the same --methods in both")
     way_out = ("compare studies of one data set, protocol and split_seed (the same test "
                "images)")
-    rows = []
+    rows, unpaired = [], []
     for method, task in sorted(shared, key=lambda k: (study_lib.METHODS.index(k[0])
                                                       if k[0] in study_lib.METHODS else 99, k)):
         for t in (task,) if task else study_lib.TASKS:
             a_folders = [os.path.join(workdir, f) for f in ours[method, task]]
             b_folders = [os.path.join(other, f) for f in theirs[method, task]]
-            firsts = [scores.load_predictions(f[0], (t,)) for f in (a_folders, b_folders)]
-            if any(p is None for p in firsts):
-                continue  # a run without per-image predictions: no paired interval
-            scores.check_same_images([a_folders[0], b_folders[0]], firsts, (t,), way_out)
             a = scores.correct_by_seed(workdir, ours[method, task], t)
             b = scores.correct_by_seed(other, theirs[method, task], t)
-            if a is None or b is None:
+            if a is None or b is None:  # a run without per-image predictions
+                unpaired.append(f"{study_lib.TITLES.get(method, method)}, {t}")
                 continue
+            firsts = [scores.load_predictions(f[0], (t,)) for f in (a_folders, b_folders)]
+            scores.check_same_images([a_folders[0], b_folders[0]], firsts, (t,), way_out)
             d = bootstrap.difference_test(a, b, num_samples=num_samples, seed=seed)
             rows.append({"method": method, "task": t, "ours": float(a[0].mean()),
                          "theirs": float(b[0].mean()), "seeds": [len(a[0]), len(b[0])],
                          **d})
     bootstrap.with_holm(rows)
     text = markdown(workdir, other, rows, our_record, their_record, num_samples)
+    if unpaired:
+        text += ("\nNot compared, for want of a run's per-image predictions (predictions.npz):"
+                 f" {'; '.join(unpaired)}.\n")
     with open(os.path.join(workdir, "compare.md"), "w") as f:
         f.write(text)
     writers.write_json(os.path.join(workdir, "compare.json"),
-                       {"this": workdir, "other": other, "rows": rows,
+                       {"this": workdir, "other": other, "rows": rows, "unpaired": unpaired,
                         "num_samples": num_samples, "seed": seed})
-    return {"rows": rows, "markdown": text}
+    return {"rows": rows, "unpaired": unpaired, "markdown": text}
 
 
 def _listed(groups) -> str:
