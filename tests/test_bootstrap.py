@@ -152,3 +152,41 @@ def test_training_seeds_add_their_spread_and_one_seed_changes_nothing():
                                     (other == y, subject), num_samples=400)
     assert d["value"] == pytest.approx(np.mean(accuracies) - accuracies[1])
     assert d["low"] < d["value"] < d["high"]
+
+
+def test_the_two_level_interval_covers_a_known_difference_and_widens_with_seed_spread():
+    # 200 simulated comparisons of two methods on 30 persons of 8 images each, 3 training
+    # seeds a side: a person's difficulty is shared by both methods, each seed shifts its
+    # side's accuracy (sd 2.5 points, about what our networks' seeds show), and each image
+    # is right or wrong at random given those. The true difference is 10 points.
+    rng = np.random.default_rng(0)
+    persons, per_person, seeds, delta = 30, 8, 3, 0.10
+    subject = np.repeat(np.arange(persons), per_person)
+
+    def side(accuracy, person, seed_sd):
+        p = np.clip(accuracy + person[None] + rng.normal(0, seed_sd, (seeds, 1)), 0, 1)
+        return rng.random((seeds, subject.size)) < p
+
+    def persons_only(correct):  # the seeds' images side by side: no seed is drawn again
+        return correct.reshape(-1), np.tile(subject, seeds)
+
+    two_level, one_level, wider = 0, 0, 0
+    for s in range(200):
+        person = rng.uniform(-0.15, 0.15, persons)[subject]
+        a, b = side(0.65 + delta, person, 0.025), side(0.65, person, 0.025)
+        d = bootstrap.difference_test((a, subject), (b, subject), num_samples=500, seed=s)
+        flat = bootstrap.difference_test(persons_only(a), persons_only(b), num_samples=500,
+                                         seed=s)
+        assert d["value"] == pytest.approx(flat["value"])
+        two_level += d["low"] <= delta <= d["high"]
+        one_level += flat["low"] <= delta <= flat["high"]
+        wider += d["high"] - d["low"] > flat["high"] - flat["low"]
+    assert 0.90 <= two_level / 200 <= 0.99  # 0.98 here
+    assert one_level < two_level  # persons alone miss the seeds' spread (0.86 here)
+    assert wider == 200
+    # Seeds that agree image for image add nothing: the interval is the persons-only one.
+    same = np.repeat(a[:1], seeds, axis=0)
+    agree = bootstrap.difference_test((same, subject), (b[:1], subject), num_samples=500)
+    stacked = bootstrap.difference_test(persons_only(same), (b[0], subject), num_samples=500)
+    for key in ("value", "low", "high"):
+        assert agree[key] == pytest.approx(stacked[key], abs=1e-12)
