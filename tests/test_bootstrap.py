@@ -148,8 +148,8 @@ def test_training_seeds_add_their_spread_and_one_seed_changes_nothing():
     assert both["accuracy"]["sd"] == pytest.approx(np.std(accuracies, ddof=1))
     assert both["accuracy"]["low"] < np.mean(accuracies) < both["accuracy"]["high"]
     # The paired difference of two sides with seeds: their mean accuracies.
-    d = bootstrap.paired_difference((np.stack([one == y, other == y]), subject),
-                                    (other == y, subject), num_samples=400)
+    d = bootstrap.difference_test((np.stack([one == y, other == y]), subject),
+                                  (other == y, subject), num_samples=400)
     assert d["value"] == pytest.approx(np.mean(accuracies) - accuracies[1])
     assert d["low"] < d["value"] < d["high"]
 

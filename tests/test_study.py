@@ -360,16 +360,16 @@ def test_leak_table_puts_protocols_side_by_side_and_computes_the_inflation(
     assert table.index("## Control") < table.index("## What ran")
 
 
-def test_paired_difference_is_the_difference_with_a_paired_interval():
+def test_a_difference_test_is_the_difference_with_a_paired_interval():
     rng = np.random.default_rng(4)
     subject = np.repeat(np.arange(30), 6)
     a = rng.random(subject.size) < 0.8
     b = a & (rng.random(subject.size) < 0.9)  # b is a with some answers lost
-    d = bootstrap.paired_difference((a, subject), (b, subject), num_samples=500)
+    d = bootstrap.difference_test((a, subject), (b, subject), num_samples=500)
     assert d["value"] == pytest.approx(a.mean() - b.mean())
     assert 0 <= d["low"] <= d["value"] <= d["high"]  # paired: a never below b per person
     # Persons on one side only count only there; the point value is still the difference.
-    e = bootstrap.paired_difference((a, subject), (b[:60], subject[:60]), num_samples=200)
+    e = bootstrap.difference_test((a, subject), (b[:60], subject[:60]), num_samples=200)
     assert e["value"] == pytest.approx(a.mean() - b[:60].mean())
 
 

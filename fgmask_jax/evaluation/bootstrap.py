@@ -3,7 +3,7 @@
 Images of one person are not independent (the same face, often copies of one
 photo under other masks), so an interval from resampling images is too narrow.
 `person_bootstrap` draws persons with replacement; every image of a drawn person
-comes along, and a person drawn twice counts twice. `paired_difference` does the
+comes along, and a person drawn twice counts twice. `difference_test` does the
 same for the difference of two accuracies on the same (or overlapping) persons.
 
 Several training seeds (the same test images predicted by K models that differ only in
@@ -150,78 +150,32 @@ def person_bootstrap(y_true: np.ndarray, y_pred: np.ndarray, subject_ids: np.nda
     return out
 
 
-def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], *,
-                      num_samples: int = 1000, seed: int = 0,
-                      confidence: float = 0.95) -> dict:
+# --- differences, with a p-value and per-photo weighting; many intervals at once --------
+
+
+def difference_test(a: tuple, b: tuple, *, num_samples: int = 1000, seed: int = 0,
+                    confidence: float = 0.95, same_models: bool = False) -> dict:
     """Accuracy of ``a`` minus that of ``b``, with a percentile interval from a bootstrap
-    over the persons of both (and over the training seeds of each side, if several).
+    over the persons of both (and the training seeds of each side), a two-sided bootstrap
+    p-value, and optionally each photo counted once.
 
     ``a``, ``b``: (correct bool[N] or bool[K, N] for K training seeds, subject_ids int[N])
     of two sets of predictions, on the same persons or on overlapping ones. Each sample
     draws persons with replacement from the union of the two sets' persons and counts a
     drawn person's images in both sets (in neither where the person is absent), so a
     person who is in both varies both accuracies together: on the same persons this is
-    the paired bootstrap of the difference, and it is never narrower than the
-    differences' spread allows. With seeds, each sample also draws each side's seeds with
-    replacement and compares their mean accuracies.
+    the paired bootstrap of the difference.
 
-    Returns:
-      {"value", "low", "high"} (fractions; value = mean accuracy(a) - mean accuracy(b)).
-    """
-    (ca, sa), (cb, sb) = ((np.atleast_2d(np.asarray(c, bool)), np.asarray(s)) for c, s in (a, b))
-    if not ca.shape[1] or not cb.shape[1]:
-        raise ValueError("a difference of accuracies needs predictions on both sides")
-    persons = np.union1d(sa, sb)
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(len(persons), np.full(len(persons), 1.0 / len(persons)),
-                             size=num_samples).T  # int64[P, S]
+    Or (correct, subject_ids, photo_ids int[N]): then each photo weighs 1 however many
+    images (masked copies) it has on its side, so an accuracy is the mean over photos of
+    each photo's share of correct images; where both sides hold the same photos, the
+    difference is the mean of the per-photo differences (paired by photo). A person's
+    photos and images all come with them.
 
-    def sampled(correct, subject):  # float[K, S]
-        ix = np.searchsorted(persons, subject)
-        right = np.stack([np.bincount(ix, c, minlength=len(persons)) for c in correct])
-        total = np.bincount(ix, minlength=len(persons))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return (right @ counts) / (total @ counts)  # nan: no image of this side drawn
-
-    def seed_mean(values):  # float[S]: each sample's mean over K seeds drawn again
-        k = len(values)
-        if k == 1:
-            return values[0]
-        drawn = rng.integers(0, k, (num_samples, k))
-        return values[drawn, np.arange(num_samples)[:, None]].mean(1)
-
-    diffs = seed_mean(sampled(ca, sa)) - seed_mean(sampled(cb, sb))
-    tails = 100 * np.array([(1 - confidence) / 2, (1 + confidence) / 2])
-    low, high = np.nanpercentile(diffs, tails)
-    return {"value": float(ca.mean(1).mean() - cb.mean(1).mean()), "low": float(low),
-            "high": float(high)}
-
-
-# --- differences with a p-value, per-photo weighting, and many intervals at once --------
-# Appended as new functions, leaving those above as they are: `difference_test` gives what
-# `paired_difference` gives (the same numbers when called alike) plus a bootstrap p-value,
-# and can count each photo once; `holm` decides which of many differences exclude 0.
-
-
-def difference_test(a: tuple, b: tuple, *, num_samples: int = 1000, seed: int = 0,
-                    confidence: float = 0.95, same_models: bool = False) -> dict:
-    """Accuracy of ``a`` minus that of ``b``: `paired_difference`'s interval, a two-sided
-    bootstrap p-value, and optionally each photo counted once.
-
-    ``a``, ``b``: (correct bool[N] or bool[K, N] for K training seeds, subject_ids int[N])
-    as `paired_difference` takes them, or (correct, subject_ids, photo_ids int[N]): then
-    each photo weighs 1 however many images (masked copies) it has on its side, so an
-    accuracy is the mean over photos of each photo's share of correct images; where both
-    sides hold the same photos, the difference is the mean of the per-photo differences
-    (paired by photo). Persons are resampled (a person's photos and images all come with
-    them), from the union of both sides' persons as in `paired_difference`.
-
-    Seeds: each sample draws each side's K seeds with replacement (`paired_difference`);
-    ``same_models=True`` says the two sides are the same K models (tested on two test
-    sets), so one draw of seeds serves both and the difference stays paired by model.
-
-    Called with two (correct, subject_ids) pairs and ``same_models=False``, value, low and
-    high are exactly `paired_difference`'s for the same ``num_samples`` and ``seed``.
+    Seeds: each sample also draws each side's K seeds with replacement and compares their
+    mean accuracies; ``same_models=True`` says the two sides are the same K models (tested
+    on two test sets), so one draw of seeds serves both and the difference stays paired by
+    model.
 
     Returns:
       {"value", "low", "high", "p"}: fractions; p = 2 * min(share of resampled differences

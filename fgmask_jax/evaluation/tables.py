@@ -349,7 +349,7 @@ def _leak_setting(setting: dict, num_methods: int, words: Wording) -> list[str]:
     lines += [
         f"- intervals: 95% percentile intervals from {setting['num_samples']} bootstrap "
         "samples of persons; an inflation's interval resamples the persons of both test "
-        "sets together (`bootstrap.paired_difference`)",
+        "sets together (`bootstrap.difference_test`)",
         *([f"- training seeds: each network trained {seeds} times on the same splits "
            f"(config.seed 0..{seeds - 1}); its cell is the mean [interval over persons and "
            "seeds] ± the seeds' standard deviation; the classical methods ran once"]

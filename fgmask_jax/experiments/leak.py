@@ -5,7 +5,7 @@
 Each protocol's study runs in ``workdir/<protocol>`` (`study.run_study`); then, per
 method and task, the accuracy under each protocol and the points by which the study's
 random image split inflates it over the others, with an interval from a paired
-bootstrap over persons (`bootstrap.paired_difference`). On ``synthetic_paired`` (about
+bootstrap over persons (`bootstrap.difference_test`). On ``synthetic_paired`` (about
 3.4 masked copies of each photo) that measures the copy leak of the study's protocol:
 test images whose photo was trained on under another mask.
 """
