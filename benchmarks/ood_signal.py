@@ -29,7 +29,7 @@ from sklearn.metrics import roc_auc_score
 
 from fgmask_jax import runs
 from fgmask_jax.data import pipeline
-from fgmask_jax.evaluation import writers
+from fgmask_jax.evaluation import calibration, writers
 from fgmask_jax.inference import Predictor, load_image
 from fgmask_jax.inference.predictor import OOD_KEY
 from fgmask_jax.train import fit
@@ -109,9 +109,10 @@ def main(argv: list[str]) -> None:
     val_energy, _ = scores(predictor, val)
     if _QUANTILE.value is None and run.ood_threshold is not None:
         threshold = run.ood_threshold
-        source = "the run's own: the 95% quantile of its held-out validation persons' faces"
+        source = (f"the run's own: the {calibration.OOD_QUANTILE:.0%} quantile of its "
+                  "held-out validation persons' faces")
     else:
-        quantile = 0.95 if _QUANTILE.value is None else _QUANTILE.value
+        quantile = calibration.OOD_QUANTILE if _QUANTILE.value is None else _QUANTILE.value
         threshold = float(np.quantile(val_energy, quantile))
         source = f"the {quantile:.0%} quantile of {len(val)} validation faces' ood_score"
     faces = scores(predictor, test)
